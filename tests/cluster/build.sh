@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Build (or reuse) the test control-plane binaries from Go modules.
+#
+#   tests/cluster/build.sh            # build what is missing, link into .cluster/bin/
+#   FORCE=1 tests/cluster/build.sh    # rebuild everything
+#
+# Binaries are cached by version in ${DSA_CLUSTER_BIN_CACHE:-~/.cache/dsa-operator/bin}
+# as <component>-<version>; a second run builds nothing. .cluster/bin/<component> are symlinks.
+# Each tool is built from its own small wrapper module under tests/cluster/modules/<name>/
+# (go.mod/go.sum with a `tool` directive), so each gets the dependency set its upstream
+# release tested instead of one merged MVS build list.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=versions.env
+source "$HERE/versions.env"
+
+CACHE="${DSA_CLUSTER_BIN_CACHE:-$HOME/.cache/dsa-operator/bin}"
+LINKDIR="${DSA_CLUSTER_LINK_DIR:-$ROOT/.cluster/bin}"
+mkdir -p "$CACHE" "$LINKDIR"
+
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+export CGO_ENABLED=0
+export GOFLAGS="${GOFLAGS:--p=2} -mod=readonly"
+
+log() { printf '[cluster-bins] %s\n' "$*" >&2; }
+need() { [[ "${FORCE:-0}" == 1 || ! -x "$CACHE/$1-$2" ]]; }
+link() { ln -sfn "$CACHE/$1-$2" "$LINKDIR/$1"; }
+
+# go.mod must pin the same versions as versions.env
+check_mod() { # dir module version
+  local got
+  got="$(cd "$HERE/modules/$1" && go list -m -f '{{.Version}}' "$2")"
+  if [[ "$got" != "$3" ]]; then
+    log "version mismatch: modules/$1 has $2 $got, versions.env says $3"; exit 1
+  fi
+}
+
+start=$(date +%s)
+built=()
+
+# ---- kube-apiserver, kube-controller-manager, kube-scheduler, kubectl -------------------
+K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+k8s_missing=()
+for b in "${K8S_BINS[@]}"; do need "$b" "$K8S_VERSION" && k8s_missing+=("$b"); done
+if ((${#k8s_missing[@]})); then
+  check_mod kubernetes k8s.io/kubernetes "$K8S_VERSION"
+  v="${K8S_VERSION#v}"; major="${v%%.*}"; rest="${v#*.}"; minor="${rest%%.*}"
+  ld="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor"
+    ld+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  tmp="$(mktemp -d "$CACHE/.build.XXXXXX")"
+  pkgs=(); for b in "${k8s_missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  log "building ${k8s_missing[*]} $K8S_VERSION (this takes minutes on a cold cache)"
+  (cd "$HERE/modules/kubernetes" && go build -trimpath -ldflags "$ld" -o "$tmp/" "${pkgs[@]}")
+  for b in "${k8s_missing[@]}"; do mv -f "$tmp/$b" "$CACHE/$b-$K8S_VERSION"; built+=("$b"); done
+  rmdir "$tmp"
+fi
+for b in "${K8S_BINS[@]}"; do link "$b" "$K8S_VERSION"; done
+
+# ---- generic single-binary builder -------------------------------------------------------
+build_one() { # name version moddir module pkg ldflags
+  local name=$1 ver=$2 dir=$3 mod=$4 pkg=$5 ld=$6
+  if need "$name" "$ver"; then
+    check_mod "$dir" "$mod" "$ver"
+    log "building $name $ver"
+    local tmp; tmp="$(mktemp "$CACHE/.$name.XXXXXX")"
+    (cd "$HERE/modules/$dir" && go build -trimpath -ldflags "-s -w $ld" -o "$tmp" "$pkg")
+    mv -f "$tmp" "$CACHE/$name-$ver"; built+=("$name")
+  fi
+  link "$name" "$ver"
+}
+
+build_one etcd "$ETCD_VERSION" etcd go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 \
+  "-X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION"
+
+kv="${K8S_VERSION#v}"
+build_one kwok "$KWOK_VERSION" kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok \
+  "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=$kv"
+
+hv="${HELM_VERSION#v}"; hmaj="${kv%%.*}"; hr="${kv#*.}"; hmin="${hr%%.*}"
+build_one helm "$HELM_VERSION" helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm \
+  "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean \
+   -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=$hmaj -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$hmin \
+   -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=$hmaj -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$hmin"
+
+log "done in $(( $(date +%s) - start ))s; built: ${built[*]:-nothing (all cached)}; bins in $LINKDIR"
