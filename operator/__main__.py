@@ -1,0 +1,3 @@
+from dsa_operator.cli import main
+
+main()

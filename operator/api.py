@@ -1,0 +1,417 @@
+"""The DSAModel API (`serving.dsa.dev/v1alpha1`): the typed spec and its parsing.
+
+This module is the source of truth for the CustomResourceDefinition: `crd.py` renders
+its schema from these models, and a test fails when `crds/` drifts from them. Rules that
+need more than one field live in the planner (`rules.py`); the CEL rules here are the
+subset the API server can check on its own, so a bad object is refused even before the
+webhook sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from dsa_operator.catalog import FamilyName
+from dsa_operator.dialects import DEFAULT_SGLANG_VERSION, VERSION_PATTERN
+from dsa_operator.errors import PlanError, Problem
+from dsa_operator.hardware import AcceleratorName
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+KernelName = Literal[
+    "auto",
+    "flashmla_sparse",
+    "flashmla_kv",
+    "flashmla_auto",
+    "fa3",
+    "tilelang",
+    "aiter",
+    "trtllm",
+    "flashmla_sparse_q8",
+    "flashinfer_sparse_mla",
+    "triton_sparse_mla",
+    "triton",
+    "intel_xpu",
+]
+DEFAULT_IMAGE = "ghcr.io/dsa-operator/dsa-runtime:0.1.0-sglang0.5.23"
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+def cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """`x-kubernetes-validations` for a model's schema: (CEL rule, message) pairs."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+class Base(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ModelSpec(Base):
+    """Which model to serve."""
+
+    family: FamilyName = Field(description="Model family; decides layers, parsers and rules.")
+    source: str | None = Field(
+        None,
+        min_length=1,
+        description="Hub id (e.g. deepseek-ai/DeepSeek-V3.2) or an absolute path inside "
+        "the model volume. Defaults to the family's published checkpoint.",
+    )
+    served_model_name: str | None = Field(
+        None, min_length=1, description="Name clients use in the OpenAI API `model` field."
+    )
+    quantization: Literal["fp8", "nvfp4"] = Field(
+        "fp8", description="Checkpoint format. nvfp4 runs on Blackwell only (modelopt_fp4)."
+    )
+    trust_remote_code: bool = Field(True, description="Pass --trust-remote-code to SGLang.")
+
+
+class RuntimeSpec(Base):
+    """The serving container."""
+
+    image: str = Field(DEFAULT_IMAGE, min_length=1, description="dsa-runtime image.")
+    sglang_version: str = Field(
+        DEFAULT_SGLANG_VERSION,
+        pattern=VERSION_PATTERN,
+        description="SGLang version inside the image; picks the flag dialect (0.5.9-0.5.23).",
+    )
+    extra_args: list[str] = Field(
+        default_factory=list,
+        description="Appended last to every engine's command line. Flags the planner "
+        "owns (parallelism, kernels, ports...) are refused here: set their fields.",
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Pull policy of the serving image."
+    )
+
+
+class NetworkSpec(Base):
+    """NCCL/GLOO settings handed to every engine pod."""
+
+    nccl_socket_ifname: str | None = Field(None, description="NCCL_SOCKET_IFNAME.")
+    gloo_socket_ifname: str | None = Field(None, description="GLOO_SOCKET_IFNAME.")
+    nccl_ib_hca: str | None = Field(None, description="NCCL_IB_HCA.")
+    nccl_ib_gid_index: int | None = Field(None, ge=0, description="NCCL_IB_GID_INDEX.")
+    rdma_resource: str | None = Field(
+        None, description="Extended resource for RDMA NICs (e.g. rdma/ib), one per pod."
+    )
+    rdma_count: int = Field(1, ge=1, description="How many of rdmaResource each pod requests.")
+
+
+class HardwareSpec(Base):
+    """The nodes the engines run on."""
+
+    accelerator: AcceleratorName = Field(
+        "h200", description="GPU model; decides architecture and kernel defaults."
+    )
+    gpus_per_node: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="GPUs each pod requests (one pod per node). Defaults to the "
+        "accelerator's usual node (8; 4 on GB200/GB300).",
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod nodeSelector.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Pod tolerations, as in a PodSpec.",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+    network: NetworkSpec = Field(default_factory=NetworkSpec, description="NCCL/GLOO/RDMA.")
+
+
+class MTPSpec(Base):
+    """Multi-token prediction (EAGLE speculative decoding)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!self.enabled || self.eagleTopK != 1 || self.numDraftTokens == self.numSteps + 1",
+                "with eagleTopK 1, numDraftTokens must be numSteps + 1",
+            )
+        )
+    )
+    enabled: bool = Field(False, description="Enable MTP.")
+    num_steps: int = Field(3, ge=1, le=16, description="--speculative-num-steps.")
+    eagle_top_k: int = Field(1, ge=1, le=16, alias="eagleTopK", description="--speculative-eagle-topk.")
+    num_draft_tokens: int = Field(4, ge=2, le=64, description="--speculative-num-draft-tokens.")
+
+
+class IndexCacheSpec(Base):
+    """IndexCache (GLM-5): reuse the indexer's top-k across layers."""
+
+    pattern: str = Field(
+        "",
+        pattern=r"^(F[FS]*)?$",
+        description="One letter per layer: F computes the indexer top-k, S reuses the "
+        "previous layer's. Empty: off. GLM-5 has 78 layers.",
+    )
+
+
+class FeaturesSpec(Base):
+    """What the endpoint offers."""
+
+    tool_calling: bool | None = Field(
+        None,
+        description="Tool-call parser (and chat template). Default: on where the "
+        "family supports it (not on V3.2-Speciale).",
+    )
+    reasoning: bool = Field(True, description="Reasoning parser.")
+    mtp: MTPSpec = Field(default_factory=MTPSpec, description="Multi-token prediction.")
+    index_cache: IndexCacheSpec = Field(default_factory=IndexCacheSpec, description="GLM-5 only.")
+    dense_attention_threshold: int | None = Field(
+        None,
+        ge=1,
+        description="Prefills shorter than this many KV tokens use dense MHA "
+        "(SGLANG_*_PREFILL_DENSE_ATTN_KV_LEN_THRESHOLD). Larger is faster, less accurate.",
+    )
+
+
+class ContextParallelSpec(Base):
+    """Context parallelism for long prefills."""
+
+    mode: Literal["none", "in-seq-split", "round-robin-split"] = Field(
+        "none",
+        description="in-seq-split (0.5.14+: zigzag) splits the sequence into blocks; "
+        "round-robin-split (interleave) deals tokens by index. Prefill only.",
+    )
+
+
+class ParallelismSpec(Base):
+    """How one SGLang instance (a group) spreads over GPUs and nodes."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.tp % self.dp == 0", "tp must be divisible by dp"),
+            ("self.tp % self.ep == 0", "tp must be divisible by ep"),
+            (
+                "!has(self.ppLayerPartition) || size(self.ppLayerPartition) == self.pp",
+                "ppLayerPartition needs one entry per pipeline stage (pp)",
+            ),
+        )
+    )
+    tp: PositiveInt = Field(8, le=256, description="Tensor-parallel size (GPUs per stage).")
+    dp: PositiveInt = Field(1, le=256, description="Data-parallel size (attention DP groups).")
+    ep: PositiveInt = Field(1, le=256, description="Expert-parallel size.")
+    pp: PositiveInt = Field(1, le=64, description="Pipeline-parallel size (stages).")
+    attention: Literal["tp", "dp"] | None = Field(
+        None,
+        description="dp: DP attention (dp > 1; high concurrency); tp: TP attention "
+        "(low latency). Default: dp when dp > 1.",
+    )
+    moe_dense_tp_size: int | None = Field(None, ge=1, description="--moe-dense-tp-size.")
+    moe_a2a_backend: str | None = Field(None, description="--moe-a2a-backend (e.g. deepep).")
+    context_parallel: ContextParallelSpec = Field(
+        default_factory=ContextParallelSpec, description="Prefill context parallelism."
+    )
+    pp_layer_partition: list[PositiveInt] | None = Field(
+        None,
+        min_length=1,
+        description="Layers per pipeline stage (SGLANG_PP_LAYER_PARTITION). Computed as "
+        "SGLang would when absent.",
+    )
+
+
+class KernelsSpec(Base):
+    """Sparse-attention kernels and KV-cache dtype; auto follows SGLang's table."""
+
+    prefill: KernelName = Field("auto", description="Prefill kernel (--dsa-prefill-backend).")
+    decode: KernelName = Field("auto", description="Decode kernel (--dsa-decode-backend).")
+    kv_cache_dtype: Literal["auto", "bf16", "fp8_e4m3"] = Field(
+        "auto", description="KV cache dtype; auto: fp8_e4m3 on Blackwell, bf16 on Hopper."
+    )
+
+
+class ResourcesSpec(Base):
+    """CPU and memory of each engine pod (GPUs come from hardware.gpusPerNode)."""
+
+    cpu: str | None = Field(None, description="CPU request and limit, e.g. '96'.")
+    memory: str | None = Field(None, description="Memory request and limit, e.g. '1500Gi'.")
+
+
+class EngineSpec(Base):
+    """One role of SGLang engines: `replicas` identical groups."""
+
+    replicas: int = Field(1, ge=1, le=64, description="Groups (SGLang instances).")
+    parallelism: ParallelismSpec = Field(
+        default_factory=ParallelismSpec, description="Topology of one group."
+    )
+    kernels: KernelsSpec = Field(default_factory=KernelsSpec, description="Attention kernels.")
+    max_running_requests: int | None = Field(None, ge=1, description="--max-running-requests.")
+    mem_fraction_static: float | None = Field(None, gt=0, lt=1, description="--mem-fraction-static.")
+    chunked_prefill_size: int | None = Field(None, description="--chunked-prefill-size.")
+    context_length: int | None = Field(None, ge=1, description="--context-length.")
+    page_size: int | None = Field(None, ge=1, description="--page-size.")
+    cuda_graph_max_batch_size: int | None = Field(
+        None, ge=1, description="--cuda-graph-max-bs (0.5.20+: --cuda-graph-max-bs-decode)."
+    )
+    disable_radix_cache: bool = Field(False, description="--disable-radix-cache.")
+    watchdog_timeout: int | None = Field(None, ge=1, description="--watchdog-timeout (s).")
+    enable_metrics: bool = Field(False, description="--enable-metrics (Prometheus).")
+    moe_runner_backend: str | None = Field(
+        None, description="--moe-runner-backend; nvfp4 defaults to flashinfer_trtllm."
+    )
+    port: Port = Field(30000, description="HTTP port of the engine.")
+    dist_init_port: Port = Field(20000, description="Port of the group's torch.distributed rendezvous.")
+    extra_args: list[str] = Field(
+        default_factory=list, description="Appended after runtime.extraArgs for this role."
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="CPU/memory.")
+
+
+class DisaggregationSpec(Base):
+    """Prefill/decode disaggregation (applies when prefill and decode are set)."""
+
+    transfer_backend: Literal["mooncake", "nixl", "mori", "ascend"] = Field(
+        "mooncake", description="KV transfer backend."
+    )
+    bootstrap_port: Port = Field(8998, description="Prefill bootstrap port.")
+    ib_devices: str = Field("", description="Comma-separated IB devices (--disaggregation-ib-device).")
+
+
+class RouterSpec(Base):
+    """The SGLang router in front of the engines."""
+
+    enabled: bool | None = Field(
+        None,
+        description="Run a router. Required for prefill/decode; default for serving: on when replicas > 1.",
+    )
+    replicas: int = Field(1, ge=1, le=16, description="Router pods.")
+    policy: Literal["cache_aware", "round_robin", "random", "power_of_two"] = Field(
+        "cache_aware", description="Load-balancing policy."
+    )
+    port: Port = Field(8000, description="Port of the OpenAI-compatible endpoint.")
+    discovery: Literal["kubernetes", "static"] = Field(
+        "kubernetes",
+        description="kubernetes: watch rank-0 pods by label; static: list the groups' "
+        "stable rank-0 DNS names.",
+    )
+    prometheus_port: Port = Field(29000, description="Router metrics port.")
+    extra_args: list[str] = Field(default_factory=list, description="Appended to the router.")
+
+
+class StorageSpec(Base):
+    """Where the weights live."""
+
+    mount_path: str = Field("/models", pattern=r"^/", description="Where the model volume is mounted.")
+    volume: dict[str, Any] = Field(
+        default_factory=lambda: {"emptyDir": {}},
+        description="A Kubernetes volume source for the weights (persistentVolumeClaim, "
+        "hostPath, ...). Default: an emptyDir (downloaded at every start).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    download: bool | None = Field(
+        None,
+        description="Download a hub source into the volume before starting. "
+        "Default: on for hub ids, off for paths.",
+    )
+    shm_size: str = Field("64Gi", description="Size of /dev/shm (a memory emptyDir).")
+
+
+class RolloutSpec(Base):
+    """How spec changes reach running groups."""
+
+    max_unavailable_groups: int = Field(1, ge=1, description="Groups restarted at once during a rollout.")
+
+
+class DSAModelSpec(Base):
+    """A DSA model served by SGLang: unified (`serving`) or disaggregated (`prefill` + `decode`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "has(self.serving) ? !has(self.prefill) && !has(self.decode)"
+                " : has(self.prefill) && has(self.decode)",
+                "set either serving, or both prefill and decode",
+            ),
+            (
+                "!(self.model.family == 'deepseek-v3.2-speciale' && has(self.features)"
+                " && has(self.features.toolCalling) && self.features.toolCalling)",
+                "DeepSeek-V3.2-Speciale does not support tool calling",
+            ),
+        )
+    )
+    model: ModelSpec = Field(description="The model.")
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="Serving container.")
+    hardware: HardwareSpec = Field(default_factory=HardwareSpec, description="GPU nodes.")
+    features: FeaturesSpec = Field(default_factory=FeaturesSpec, description="Features.")
+    serving: EngineSpec | None = Field(None, description="Unified engines (no PD).")
+    prefill: EngineSpec | None = Field(None, description="PD: prefill engines.")
+    decode: EngineSpec | None = Field(None, description="PD: decode engines.")
+    disaggregation: DisaggregationSpec = Field(
+        default_factory=DisaggregationSpec, description="PD transfer settings."
+    )
+    router: RouterSpec = Field(default_factory=RouterSpec, description="The router.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Model weights.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Update policy.")
+
+
+class Condition(Base):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class RoleStatus(Base):
+    role: str
+    desired_groups: int = 0
+    ready_groups: int = 0
+    nodes_per_group: int = 0
+
+
+class DSAModelStatus(Base):
+    """What the operator observed; written by the operator only."""
+
+    observed_generation: int | None = None
+    phase: str | None = Field(None, description="Pending | Progressing | Ready | Degraded | Invalid.")
+    ready_groups: str | None = Field(None, description="Ready/desired engine groups, e.g. 2/3.")
+    endpoint: str | None = Field(None, description="In-cluster URL of the OpenAI API.")
+    conditions: list[Condition] = Field(default_factory=list)
+    roles: list[RoleStatus] = Field(default_factory=list)
+    plan: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Summary of the resolved plan.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+_ROLES = ("serving", "prefill", "decode")
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    parts = ["spec"]
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1] += f"[{item}]"
+        else:
+            parts.append(str(item))
+    return ".".join(parts)
+
+
+def parse_spec(spec: Any) -> DSAModelSpec:
+    """Validate a CR's `spec` dict; every problem is reported with its field path."""
+    if not isinstance(spec, dict):
+        raise PlanError([Problem("spec", "must be an object")])
+    try:
+        return DSAModelSpec.model_validate(spec)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors(include_url=False):
+            loc = tuple(err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            elif err["type"] == "literal_error":
+                msg = f"must be one of {err['ctx']['expected']}"
+            problems.append(Problem(_path(loc), msg))
+        raise PlanError(problems) from None
+
+
+def engine_roles(spec: DSAModelSpec) -> list[tuple[str, EngineSpec]]:
+    """The engine roles a spec sets, in a stable order."""
+    return [(r, getattr(spec, r)) for r in _ROLES if getattr(spec, r) is not None]

@@ -1,0 +1,97 @@
+"""`dsa-operator` command line: plan a DSAModel offline, print the CRD."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from dsa_operator.errors import PlanError
+from dsa_operator.plan import Plan
+from dsa_operator.planner import plan as make_plan
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+class Output(StrEnum):
+    text = "text"
+    json = "json"
+    yaml = "yaml"
+
+
+def _load(path: Path) -> object:
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text()
+    except OSError as e:
+        raise typer.BadParameter(f"cannot read {path}: {e.strerror}", param_hint="-f") from None
+    try:
+        return yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as e:
+        raise typer.BadParameter(f"{path} is not valid YAML or JSON: {e}", param_hint="-f") from None
+
+
+def render_text(p: Plan) -> str:
+    """Per group, the command each pod runs: for people."""
+    lines = [
+        f"DSAModel {p.namespace}/{p.name}: {p.family} on {p.hardware.accelerator} "
+        f"({p.hardware.arch}), SGLang {p.sglang_version} ({p.dialect} dialect)"
+    ]
+    for r in p.roles:
+        k = r.kernels
+        lines.append(
+            f"\n{r.role}: {r.replicas} group(s) x {r.nodes_per_group} node(s) x "
+            f"{r.gpus_per_node} GPUs; attention {r.attention}; CP {r.context_parallel}; "
+            f"kernels prefill={k.prefill} decode={k.decode} kv={k.kv_cache_dtype}"
+        )
+        for g in r.groups:
+            lines.append(f"  group {g.group} (StatefulSet {g.stateful_set}):")
+            for pod in p.pods:
+                if pod.role == r.role and pod.group == g.group:
+                    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in pod.env.items())
+                    lines.append(f"    rank {pod.rank}: {env + ' ' if env else ''}{shlex.join(pod.argv)}")
+    if p.router:
+        lines.append(f"\nrouter ({p.router.replicas} replica(s)): {shlex.join(p.router.argv)}")
+    lines.append(f"\nendpoint: {p.endpoint.url}")
+    lines += [f"warning: {w}" for w in p.warnings]
+    return "\n".join(lines)
+
+
+@app.command("plan")
+def plan_cmd(
+    file: Annotated[
+        Path, typer.Option("-f", "--file", help="DSAModel manifest (YAML or JSON; - for stdin).")
+    ],
+    sglang_version: Annotated[str | None, typer.Option(help="Plan for this SGLang version.")] = None,
+    output: Annotated[Output, typer.Option("-o", "--output", help="text, json or yaml.")] = Output.text,
+) -> None:
+    """Print the plan of a DSAModel: every pod's command line and environment."""
+    try:
+        p = make_plan(_load(file), sglang_version=sglang_version)
+    except PlanError as e:
+        typer.echo(f"invalid DSAModel {file}:", err=True)
+        for problem in e.problems:
+            typer.echo(f"  {problem}", err=True)
+        raise typer.Exit(1) from None
+    if output is Output.json:
+        typer.echo(json.dumps(p.to_json_dict(), indent=2))
+    elif output is Output.yaml:
+        typer.echo(yaml.safe_dump(p.to_json_dict(), sort_keys=False))
+    else:
+        typer.echo(render_text(p))
+
+
+@app.command("crd")
+def crd_cmd() -> None:
+    """Print the DSAModel CustomResourceDefinition (the source of crds/)."""
+    from dsa_operator.crd import crd_yaml
+
+    typer.echo(crd_yaml(), nl=False)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,24 @@
+"""Problems found in a DSAModel, each tied to the field a user must change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One rule a spec breaks: `path` names the field (e.g. `spec.prefill.parallelism.tp`)."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class PlanError(ValueError):
+    """Raised by the planner with every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = sorted(set(problems))
+        super().__init__("\n".join(str(p) for p in self.problems))
