@@ -1,0 +1,837 @@
+#!/usr/bin/env python3
+"""A real Kubernetes control plane for tests, from locally built binaries.
+
+Starts etcd, kube-apiserver (TLS, RBAC, client-certificate users, ServiceAccount tokens),
+kube-controller-manager, kube-scheduler and kwok (fake GPU nodes, pods become Running/Ready)
+on free loopback ports under a temporary directory, and tears everything down again.
+
+Library use::
+
+    from tests.cluster.harness import Cluster
+    with Cluster(nodes=4) as c:
+        c.kubectl("get", "nodes")
+        alice = c.mint_user("alice", groups=["dev"])        # kubeconfig path, no rights
+        sa = c.sa_kubeconfig("default", "default")          # token kubeconfig
+
+CLI (used by tests/cluster/cluster.mk)::
+
+    python tests/cluster/harness.py up [--nodes N]   # background; kubeconfig .cluster/kubeconfig
+    python tests/cluster/harness.py status
+    python tests/cluster/harness.py down
+
+Binaries come from tests/cluster/build.sh (cached under ~/.cache/dsa-operator/bin);
+DSA_CLUSTER_BIN_DIR overrides where they are looked up (files named without versions).
+Certificates are made with the ``cryptography`` package when importable, else the openssl CLI.
+Set DSA_CLUSTER_KEEP=1 to keep the work directory (logs, certs) after teardown.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+STATE_DIR = ROOT / ".cluster"
+KWOK_STAGES = HERE / "kwok-stages.yaml"
+BUILD_SH = HERE / "build.sh"
+
+SERVICE_CIDR = "10.0.0.0/24"
+POD_CIDR = "10.244.0.1/16"
+NODE_IP = "10.96.0.1"  # only ever written into Node/Pod status; nothing connects to it
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+ADMIN_USER = "dsa-test-admin"
+
+DEFAULT_CONTROLLERS = (
+    "statefulset-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "job-controller",
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "pod-garbage-collector-controller",
+    "root-ca-certificate-publisher-controller",
+)
+
+K8S_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+
+
+# --------------------------------------------------------------------------- versions/binaries
+def versions() -> dict[str, str]:
+    out = {}
+    for line in (HERE / "versions.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            k, v = line.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def binary_paths() -> dict[str, Path]:
+    """Where each component binary is expected (cache keyed by version, or DSA_CLUSTER_BIN_DIR)."""
+    names = ("etcd", "kwok", "helm", *K8S_COMPONENTS)
+    override = os.environ.get("DSA_CLUSTER_BIN_DIR")
+    if override:
+        return {n: Path(override) / n for n in names}
+    v = versions()
+    cache = Path(os.environ.get("DSA_CLUSTER_BIN_CACHE", Path.home() / ".cache/dsa-operator/bin"))
+    ver = {"etcd": v["ETCD_VERSION"], "kwok": v["KWOK_VERSION"], "helm": v["HELM_VERSION"]}
+    ver.update({n: v["K8S_VERSION"] for n in K8S_COMPONENTS})
+    return {n: cache / f"{n}-{ver[n]}" for n in names}
+
+
+def ensure_binaries(quiet: bool = False) -> dict[str, Path]:
+    """Build missing binaries with build.sh (a no-op, ~1 s, when all are cached)."""
+    paths = binary_paths()
+    if os.environ.get("DSA_CLUSTER_BIN_DIR"):
+        missing = [n for n, p in paths.items() if not os.access(p, os.X_OK)]
+        if missing:
+            raise RuntimeError(f"DSA_CLUSTER_BIN_DIR lacks {missing}")
+        return paths
+    if not all(os.access(p, os.X_OK) for p in paths.values()) or not (STATE_DIR / "bin").is_dir():
+        subprocess.run(["bash", str(BUILD_SH)], check=True,
+                       stdout=subprocess.DEVNULL if quiet else None)
+    return paths
+
+
+# --------------------------------------------------------------------------- certificates
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class _CertMaker:
+    """EC P-256 keys and X.509 certs: cryptography if importable, else the openssl CLI."""
+
+    def __init__(self, dir: Path):
+        self.dir = dir
+        try:
+            import cryptography  # noqa: F401
+            self.backend = "cryptography"
+        except ImportError:
+            if not shutil.which("openssl"):
+                raise RuntimeError("need the 'cryptography' package or the openssl CLI")
+            self.backend = "openssl"
+
+    # returns (cert_path, key_path)
+    def ca(self, name: str, cn: str) -> tuple[Path, Path]:
+        crt, key = self.dir / f"{name}.crt", self.dir / f"{name}.key"
+        if self.backend == "cryptography":
+            self._crypto_cert(crt, key, cn, [], None, is_ca=True)
+        else:
+            self._ossl_key(key)
+            self._ossl(["req", "-x509", "-new", "-key", key, "-sha256", "-days", "3650",
+                        "-subj", f"/CN={cn}", "-out", crt,
+                        "-addext", "basicConstraints=critical,CA:TRUE",
+                        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"])
+        return crt, key
+
+    def leaf(self, name: str, cn: str, orgs: Sequence[str] = (), *, ca: tuple[Path, Path],
+             server: bool = False, dns: Sequence[str] = (), ips: Sequence[str] = ()) -> tuple[Path, Path]:
+        crt, key = self.dir / f"{name}.crt", self.dir / f"{name}.key"
+        if self.backend == "cryptography":
+            self._crypto_cert(crt, key, cn, orgs, ca, server=server, dns=dns, ips=ips)
+            return crt, key
+        self._ossl_key(key)
+        csr, ext = self.dir / f"{name}.csr", self.dir / f"{name}.ext"
+        subj = f"/CN={cn}" + "".join(f"/O={o}" for o in orgs)
+        self._ossl(["req", "-new", "-key", key, "-subj", subj, "-out", csr])
+        lines = ["basicConstraints=critical,CA:FALSE",
+                 "keyUsage=critical,digitalSignature,keyEncipherment",
+                 "extendedKeyUsage=" + ("serverAuth,clientAuth" if server else "clientAuth")]
+        sans = [f"DNS:{d}" for d in dns] + [f"IP:{i}" for i in ips]
+        if sans:
+            lines.append("subjectAltName=" + ",".join(sans))
+        ext.write_text("\n".join(lines) + "\n")
+        self._ossl(["x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
+                    "-days", "3650", "-sha256", "-extfile", ext, "-out", crt])
+        csr.unlink()
+        ext.unlink()
+        return crt, key
+
+    def _ossl_key(self, key: Path) -> None:
+        self._ossl(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key])
+
+    @staticmethod
+    def _ossl(args: list) -> None:
+        r = subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"openssl {args[0]} failed: {r.stderr.strip()}")
+
+    @staticmethod
+    def _crypto_cert(crt: Path, key: Path, cn: str, orgs: Sequence[str], ca, *, is_ca=False,
+                     server=False, dns=(), ips=()) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        k = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+                         + [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs])
+        if ca is None:
+            issuer, signer = name, k
+        else:
+            ca_cert = x509.load_pem_x509_certificate(Path(ca[0]).read_bytes())
+            issuer = ca_cert.subject
+            signer = serialization.load_pem_private_key(Path(ca[1]).read_bytes(), None)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer)
+             .public_key(k.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=3650))
+             .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True))
+        if is_ca:
+            b = b.add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+                                critical=True)
+        else:
+            b = b.add_extension(x509.KeyUsage(True, True, False, False, False, False, False, False, False),
+                                critical=True)
+            usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if server else [])
+            b = b.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+            if sans:
+                b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = b.sign(signer, hashes.SHA256())
+        key.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+        crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+# --------------------------------------------------------------------------- processes
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _pdeathsig() -> None:  # runs in the child before exec: die with the parent (Linux)
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------- the cluster
+@dataclass
+class Cluster:
+    nodes: int = 4
+    gpus_per_node: int = 8
+    node_prefix: str = "gpu-node"
+    zones: Sequence[str] = ("zone-a", "zone-b")
+    nodes_per_rack: int = 2
+    rack_label: str = "topology.dsa-operator.io/rack"
+    gpu_product: str = "NVIDIA-H200"
+    controllers: Sequence[str] = DEFAULT_CONTROLLERS
+    workdir: Path | None = None
+    keep: bool = field(default_factory=lambda: os.environ.get("DSA_CLUSTER_KEEP") == "1")
+    verbose: bool = True
+
+    def __post_init__(self):
+        self._procs: list[_Proc] = []
+        self._owns_workdir = self.workdir is None
+        self._started = False
+        self._lock = threading.Lock()
+        self.startup_seconds: float | None = None
+        self.bins = binary_paths()
+
+    # ---- public paths -----------------------------------------------------------------
+    @property
+    def kubectl_path(self) -> Path:
+        return self.bins["kubectl"]
+
+    @property
+    def helm_path(self) -> Path:
+        return self.bins["helm"]
+
+    @property
+    def ca_cert_path(self) -> Path:
+        return self.pki / "ca.crt"
+
+    @property
+    def ca_key_path(self) -> Path:
+        return self.pki / "ca.key"
+
+    @property
+    def ca_bundle_b64(self) -> str:
+        """base64 of the cluster CA, e.g. for a webhook's caBundle when its cert is from mint_serving_cert."""
+        return _b64(self.ca_cert_path.read_bytes())
+
+    # ---- lifecycle --------------------------------------------------------------------
+    def __enter__(self) -> "Cluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _say(self, msg: str) -> None:
+        if self.verbose:
+            print(f"[cluster] {msg}", file=sys.stderr, flush=True)
+
+    def start(self, timeout: float = 90) -> "Cluster":
+        missing = [n for n, p in self.bins.items() if not os.access(p, os.X_OK)]
+        if missing:
+            raise ClusterError(f"missing binaries {missing}: run tests/cluster/build.sh")
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="dsa-cluster-"))
+        self.workdir = Path(self.workdir)
+        self.pki = self.workdir / "pki"
+        self.logs = self.workdir / "logs"
+        for d in (self.pki, self.logs, self.workdir / "kube-cache"):
+            d.mkdir(parents=True, exist_ok=True)
+        atexit.register(self.stop)
+        self._started = True
+        try:
+            self._make_certs()
+            (self.etcd_port, self.etcd_peer_port, self.api_port, self.kcm_port,
+             self.sched_port, self.kwok_port) = _free_ports(6)
+            self.api_url = f"https://127.0.0.1:{self.api_port}"
+            self.kubeconfig = self.workdir / "admin.kubeconfig"
+            self._write_cert_kubeconfig(self.kubeconfig, ADMIN_USER, self.pki / "admin.crt",
+                                        self.pki / "admin.key")
+            for comp in ("kcm", "scheduler", "kwok"):
+                self._write_cert_kubeconfig(self.workdir / f"{comp}.kubeconfig", comp,
+                                            self.pki / f"{comp}.crt", self.pki / f"{comp}.key")
+            self._start_etcd()
+            self._wait(lambda: self._http_ok(f"http://127.0.0.1:{self.etcd_port}/health"), "etcd", deadline)
+            self._start_apiserver()
+            self._wait(lambda: self._https_ok(f"{self.api_url}/readyz"), "kube-apiserver", deadline)
+            self._start_kcm()
+            self._start_scheduler()
+            self._start_kwok()
+            self._create_nodes()
+            self._wait(lambda: self._https_ok(f"https://127.0.0.1:{self.kcm_port}/healthz", insecure=True),
+                       "kube-controller-manager", deadline)
+            self._wait(lambda: self._https_ok(f"https://127.0.0.1:{self.sched_port}/healthz", insecure=True),
+                       "kube-scheduler", deadline)
+            self._wait(lambda: self._http_ok(f"http://127.0.0.1:{self.kwok_port}/healthz"), "kwok", deadline)
+            self._wait(self._nodes_ready, f"{self.nodes} nodes Ready", deadline)
+            self._wait(lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default",
+                                            check=False).returncode == 0,
+                       "default ServiceAccount", deadline)
+        except BaseException:
+            self._dump_logs()
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - t0
+        self._say(f"control plane ready in {self.startup_seconds:.1f}s at {self.api_url} "
+                  f"(kubeconfig {self.kubeconfig})")
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            if not self._started:
+                return
+            self._started = False
+            procs, self._procs = self._procs[::-1], []
+        for p in procs:  # SIGTERM all groups (reverse start order), then wait, then SIGKILL
+            if p.popen.poll() is None:
+                _kill_group(p.popen.pid, signal.SIGTERM)
+        end = time.monotonic() + 10
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.popen.wait(timeout=max(0.1, end - time.monotonic()))
+            _kill_group(p.popen.pid, signal.SIGKILL)  # also any stray children in the group
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.popen.wait(timeout=5)
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+        if self.workdir and self._owns_workdir and not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        elif self.workdir:
+            self._say(f"kept work directory {self.workdir}")
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.popen.pid for p in self._procs]
+
+    # ---- helpers for tests ------------------------------------------------------------
+    def kubectl(self, *args: str, kubeconfig: Path | str | None = None, check: bool = True,
+                input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run kubectl against this cluster (admin unless kubeconfig is given); text output."""
+        cmd = [str(self.kubectl_path), f"--kubeconfig={kubeconfig or self.kubeconfig}",
+               f"--cache-dir={self.workdir / 'kube-cache'}", *map(str, args)]
+        r = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout)
+        if check and r.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(map(str, args))} failed ({r.returncode}): "
+                               f"{r.stderr.strip() or r.stdout.strip()}")
+        return r
+
+    def kubectl_json(self, *args: str, **kw) -> dict:
+        return json.loads(self.kubectl(*args, "-o", "json", **kw).stdout)
+
+    def apply(self, manifest: str | dict | list, **kw) -> subprocess.CompletedProcess:
+        """kubectl apply -f - with YAML text, or a dict / list of dicts (sent as JSON)."""
+        if not isinstance(manifest, str):
+            if isinstance(manifest, list):
+                manifest = {"apiVersion": "v1", "kind": "List", "items": manifest}
+            manifest = json.dumps(manifest)
+        return self.kubectl("apply", "-f", "-", input=manifest, **kw)
+
+    def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig),
+                   HELM_CACHE_HOME=str(self.workdir / "helm/cache"),
+                   HELM_CONFIG_HOME=str(self.workdir / "helm/config"),
+                   HELM_DATA_HOME=str(self.workdir / "helm/data"))
+        r = subprocess.run([str(self.helm_path), *map(str, args)], capture_output=True, text=True,
+                           env=env, timeout=timeout)
+        if check and r.returncode != 0:
+            raise ClusterError(f"helm {' '.join(args)} failed: {r.stderr.strip()}")
+        return r
+
+    def mint_user(self, name: str, groups: Iterable[str] = ()) -> Path:
+        """Client-cert user (CN=name, O=groups) with no rights beyond RBAC defaults; returns its kubeconfig."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        crt, key = self._certs.leaf(f"user-{safe}", name, list(groups), ca=self._ca)
+        path = self.workdir / f"user-{safe}.kubeconfig"
+        self._write_cert_kubeconfig(path, name, crt, key)
+        return path
+
+    def create_token(self, namespace: str, serviceaccount: str, duration: str = "1h",
+                     audiences: Sequence[str] = ()) -> str:
+        args = ["create", "token", serviceaccount, "-n", namespace, f"--duration={duration}"]
+        args += [f"--audience={a}" for a in audiences]
+        return self.kubectl(*args).stdout.strip()
+
+    def sa_kubeconfig(self, namespace: str, serviceaccount: str, duration: str = "1h",
+                      create: bool = True) -> Path:
+        """Kubeconfig authenticating as system:serviceaccount:<ns>:<sa> with a `kubectl create token` token."""
+        if create:
+            self.kubectl("create", "serviceaccount", serviceaccount, "-n", namespace, check=False)
+        token = self.create_token(namespace, serviceaccount, duration)
+        path = self.workdir / f"sa-{namespace}-{serviceaccount}.kubeconfig"
+        self._write_kubeconfig(path, f"system:serviceaccount:{namespace}:{serviceaccount}", {"token": token})
+        return path
+
+    def mint_serving_cert(self, name: str, dns: Sequence[str] = ("localhost",),
+                          ips: Sequence[str] = ("127.0.0.1",)) -> tuple[Path, Path]:
+        """A TLS serving cert signed by the cluster CA (use caBundle=ca_bundle_b64), e.g. for a
+        webhook on https://127.0.0.1:<port>/... that the apiserver calls through `url:`."""
+        return self._certs.leaf(f"serving-{name}", dns[0] if dns else name, ca=self._ca, server=True,
+                                dns=dns, ips=ips)
+
+    def wait_for(self, pred: Callable[[], object], timeout: float = 30, interval: float = 0.25,
+                 what: str = "condition"):
+        end = time.monotonic() + timeout
+        last_exc = None
+        while time.monotonic() < end:
+            try:
+                v = pred()
+                if v:
+                    return v
+            except Exception as e:  # noqa: BLE001 - retried until timeout
+                last_exc = e
+            time.sleep(interval)
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}"
+                           + (f" (last error: {last_exc})" if last_exc else ""))
+
+    def node_names(self) -> list[str]:
+        return [f"{self.node_prefix}-{i}" for i in range(self.nodes)]
+
+    def log_path(self, component: str) -> Path:
+        return self.logs / f"{component}.log"
+
+    # ---- internals --------------------------------------------------------------------
+    def _make_certs(self) -> None:
+        self._certs = _CertMaker(self.pki)
+        self._ca = self._certs.ca("ca", "dsa-test-ca")
+        self._certs.leaf("apiserver", "kube-apiserver", ca=self._ca, server=True,
+                         dns=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                              "kubernetes.default.svc.cluster.local"],
+                         ips=["127.0.0.1", str(ipaddress.ip_network(SERVICE_CIDR)[1])])
+        self._certs.leaf("admin", ADMIN_USER, ["system:masters"], ca=self._ca)
+        # Components get system:masters too: simplest, and RBAC for them is not under test.
+        self._certs.leaf("kcm", "system:kube-controller-manager", ["system:masters"], ca=self._ca)
+        self._certs.leaf("scheduler", "system:kube-scheduler", ["system:masters"], ca=self._ca)
+        self._certs.leaf("kwok", "system:kwok-controller", ["system:masters"], ca=self._ca)
+        # ServiceAccount token signing key (ES256); the public half is derived from it by the apiserver.
+        sa = self.pki / "sa.key"
+        if self._certs.backend == "openssl":
+            self._certs._ossl_key(sa)
+        else:
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+            sa.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+    def _write_kubeconfig(self, path: Path, user: str, creds: dict) -> None:
+        cfg = {
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "dsa-test", "cluster": {
+                "server": self.api_url,
+                "certificate-authority-data": _b64(self.ca_cert_path.read_bytes())}}],
+            "users": [{"name": user, "user": creds}],
+            "contexts": [{"name": "dsa-test", "context": {"cluster": "dsa-test", "user": user}}],
+            "current-context": "dsa-test",
+        }
+        path.write_text(json.dumps(cfg, indent=1))  # JSON is valid YAML
+        path.chmod(0o600)
+
+    def _write_cert_kubeconfig(self, path: Path, user: str, crt: Path, key: Path) -> None:
+        self._write_kubeconfig(path, user, {"client-certificate-data": _b64(crt.read_bytes()),
+                                            "client-key-data": _b64(key.read_bytes())})
+
+    def _spawn(self, name: str, args: list) -> None:
+        log = self.logs / f"{name}.log"
+        fh = open(log, "ab")
+        try:
+            p = subprocess.Popen([str(a) for a in args], stdout=fh, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True,
+                                 preexec_fn=_pdeathsig, cwd=self.workdir)
+        finally:
+            fh.close()
+        self._procs.append(_Proc(name, p, log))
+
+    def _start_etcd(self) -> None:
+        peer = f"http://127.0.0.1:{self.etcd_peer_port}"
+        client = f"http://127.0.0.1:{self.etcd_port}"
+        self._spawn("etcd", [
+            self.bins["etcd"], "--name=default", f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=default={peer}", "--unsafe-no-fsync=true",
+            "--log-level=warn",
+        ])
+
+    def _start_apiserver(self) -> None:
+        p = self.pki
+        self._spawn("kube-apiserver", [
+            self.bins["kube-apiserver"],
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={self.api_port}",
+            f"--cert-dir={self.workdir / 'apiserver-certs'}",
+            f"--tls-cert-file={p / 'apiserver.crt'}", f"--tls-private-key-file={p / 'apiserver.key'}",
+            f"--client-ca-file={p / 'ca.crt'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            "--authorization-mode=RBAC",
+            f"--service-account-issuer={SA_ISSUER}",
+            f"--api-audiences={SA_ISSUER}",
+            f"--service-account-key-file={p / 'sa.key'}",
+            f"--service-account-signing-key-file={p / 'sa.key'}",
+            # No kubelet/endpoints: do not try to publish 127.0.0.1 as the kubernetes Service endpoint.
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+            "--v=1",
+        ])
+
+    def _start_kcm(self) -> None:
+        kc = self.workdir / "kcm.kubeconfig"
+        self._spawn("kube-controller-manager", [
+            self.bins["kube-controller-manager"],
+            f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+            "--controllers=" + ",".join(self.controllers),
+            "--leader-elect=false", "--use-service-account-credentials=false",
+            f"--service-account-private-key-file={self.pki / 'sa.key'}",
+            f"--root-ca-file={self.pki / 'ca.crt'}",
+            "--bind-address=127.0.0.1", f"--secure-port={self.kcm_port}",
+            f"--cert-dir={self.workdir / 'kcm-certs'}",
+            "--v=1",
+        ])
+
+    def _start_scheduler(self) -> None:
+        kc = self.workdir / "scheduler.kubeconfig"
+        self._spawn("kube-scheduler", [
+            self.bins["kube-scheduler"],
+            f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={self.sched_port}",
+            f"--cert-dir={self.workdir / 'scheduler-certs'}",
+            "--v=1",
+        ])
+
+    def _start_kwok(self) -> None:
+        self._spawn("kwok", [
+            self.bins["kwok"], f"--kubeconfig={self.workdir / 'kwok.kubeconfig'}",
+            f"--config={KWOK_STAGES}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            f"--cidr={POD_CIDR}", f"--node-ip={NODE_IP}",
+            f"--server-address=127.0.0.1:{self.kwok_port}",
+            "--node-lease-duration-seconds=40",
+        ])
+
+    def node_manifest(self, i: int) -> dict:
+        name = f"{self.node_prefix}-{i}"
+        res = {"cpu": "128", "memory": "2Ti", "pods": "110", "ephemeral-storage": "10Ti",
+               "nvidia.com/gpu": str(self.gpus_per_node)}
+        return {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {
+                    "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64", "type": "kwok",
+                    "topology.kubernetes.io/zone": self.zones[i % len(self.zones)] if self.zones else "zone-a",
+                    self.rack_label: f"rack-{i // max(1, self.nodes_per_rack)}",
+                    "nvidia.com/gpu.product": self.gpu_product,
+                    "nvidia.com/gpu.count": str(self.gpus_per_node),
+                },
+            },
+            "spec": {},
+            "status": {"capacity": res, "allocatable": dict(res), "phase": "Running",
+                       "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
+                                    "kubeletVersion": "fake", "kubeProxyVersion": "fake",
+                                    "containerRuntimeVersion": "kwok"}},
+        }
+
+    def _create_nodes(self) -> None:
+        if self.nodes:
+            self.apply([self.node_manifest(i) for i in range(self.nodes)])
+
+    def _nodes_ready(self) -> bool:
+        items = self.kubectl_json("get", "nodes").get("items", [])
+        ready = [n for n in items if any(c["type"] == "Ready" and c["status"] == "True"
+                                         for c in n.get("status", {}).get("conditions", []))]
+        return len(ready) >= self.nodes
+
+    def _ssl_ctx(self, insecure: bool = False) -> ssl.SSLContext:
+        if insecure:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            ctx = ssl.create_default_context(cafile=str(self.ca_cert_path))
+        ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        return ctx
+
+    def _https_ok(self, url: str, insecure: bool = False) -> bool:
+        return self._http_ok(url, self._ssl_ctx(insecure))
+
+    def _http_ok(self, url: str, ctx: ssl.SSLContext | None = None) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=ctx) as r:
+                return r.status == 200
+        except Exception:
+            return False
+
+    def _wait(self, pred: Callable[[], bool], what: str, deadline: float) -> None:
+        while True:
+            for p in self._procs:
+                if p.popen.poll() is not None:
+                    raise ClusterError(f"{p.name} exited with {p.popen.returncode} while waiting for "
+                                       f"{what}; log: {p.log}\n{self._tail(p.log)}")
+            try:
+                if pred():
+                    return
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                raise ClusterError(f"timed out waiting for {what}")
+            time.sleep(0.1)
+
+    @staticmethod
+    def _tail(path: Path, n: int = 30) -> str:
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def _dump_logs(self) -> None:
+        for p in self._procs:
+            print(f"----- {p.name} ({p.log}) -----\n{self._tail(p.log)}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- signal handling
+def install_signal_handlers() -> None:
+    """Turn SIGTERM/SIGHUP into SystemExit so finalizers and atexit hooks run (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(s) in (signal.SIG_DFL, None):
+            signal.signal(s, handler)
+
+
+# --------------------------------------------------------------------------- CLI
+def _state_file() -> Path:
+    return STATE_DIR / "state.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie counts as dead
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+            return False
+    return True
+
+
+def _read_state() -> dict | None:
+    try:
+        return json.loads(_state_file().read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_supervise(args) -> int:
+    """Foreground: start the cluster, publish .cluster/{kubeconfig,state.json}, wait for SIGTERM."""
+    stop = threading.Event()
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, lambda *_: stop.set())
+    c = Cluster(nodes=args.nodes)
+    try:
+        c.start()
+        STATE_DIR.mkdir(exist_ok=True)
+        shutil.copy(c.kubeconfig, STATE_DIR / "kubeconfig")
+        (STATE_DIR / "kubeconfig").chmod(0o600)
+        shutil.copy(c.ca_cert_path, STATE_DIR / "ca.crt")
+        state = {"pid": os.getpid(), "workdir": str(c.workdir), "api_url": c.api_url,
+                 "kubeconfig": str(STATE_DIR / "kubeconfig"), "ca": str(STATE_DIR / "ca.crt"),
+                 "pgids": c.pids, "startup_seconds": round(c.startup_seconds, 2), "nodes": c.node_names()}
+        tmp = _state_file().with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(_state_file())
+        while not stop.wait(1):
+            dead = [p.name for p in c._procs if p.popen.poll() is not None]
+            if dead:
+                print(f"[cluster] component(s) exited: {dead}; shutting down", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        c.stop()
+        for f in ("state.json", "kubeconfig", "ca.crt"):
+            with contextlib.suppress(OSError):
+                (STATE_DIR / f).unlink()
+
+
+def cmd_up(args) -> int:
+    st = _read_state()
+    if st and _alive(st["pid"]):
+        print(f"cluster already up: {st['api_url']}  kubeconfig={st['kubeconfig']}")
+        return 0
+    ensure_binaries()
+    STATE_DIR.mkdir(exist_ok=True)
+    with contextlib.suppress(OSError):
+        _state_file().unlink()
+    log = STATE_DIR / "harness.log"
+    with open(log, "wb") as fh:
+        p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "_supervise",
+                              f"--nodes={args.nodes}"], stdout=fh, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
+    end = time.monotonic() + args.timeout
+    while time.monotonic() < end:
+        st = _read_state()
+        if st and st["pid"] == p.pid:
+            print(f"cluster up in {st['startup_seconds']}s: {st['api_url']}\n"
+                  f"  kubeconfig: {st['kubeconfig']}\n  kubectl/helm: {STATE_DIR / 'bin'}\n"
+                  f"  logs: {st['workdir']}/logs (until `down`)")
+            return 0
+        if p.poll() is not None:
+            print(log.read_text(errors="replace")[-4000:], file=sys.stderr)
+            print(f"cluster failed to start (exit {p.returncode}); see {log}", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGTERM)
+    print(f"cluster did not become ready in {args.timeout}s; see {log}", file=sys.stderr)
+    return 1
+
+
+def cmd_down(args) -> int:
+    st = _read_state()
+    if not st:
+        print("no cluster state (.cluster/state.json); nothing to do")
+        return 0
+    pid = st["pid"]
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        end = time.monotonic() + 20
+        while _alive(pid) and time.monotonic() < end:
+            time.sleep(0.1)
+    for pg in [pid, *st.get("pgids", [])]:  # leave nothing behind, whatever happened
+        _kill_group(pg, signal.SIGKILL)
+    for f in ("state.json", "kubeconfig", "ca.crt"):
+        with contextlib.suppress(OSError):
+            (STATE_DIR / f).unlink()
+    wd = st.get("workdir")
+    if wd and os.environ.get("DSA_CLUSTER_KEEP") != "1":
+        shutil.rmtree(wd, ignore_errors=True)
+    print("cluster down")
+    return 0
+
+
+def cmd_status(args) -> int:
+    st = _read_state()
+    if not st or not _alive(st["pid"]):
+        print("cluster: down")
+        return 1
+    r = subprocess.run([str(binary_paths()["kubectl"]), f"--kubeconfig={st['kubeconfig']}",
+                        "get", "--raw=/readyz"], capture_output=True, text=True)
+    print(f"cluster: up ({st['api_url']}, readyz={r.stdout.strip() or r.stderr.strip()})\n"
+          f"  kubeconfig: {st['kubeconfig']}\n  supervisor pid: {st['pid']}")
+    return 0 if r.returncode == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up")
+    up.add_argument("--nodes", type=int, default=int(os.environ.get("DSA_CLUSTER_NODES", 4)))
+    up.add_argument("--timeout", type=float, default=120)
+    sv = sub.add_parser("_supervise")
+    sv.add_argument("--nodes", type=int, default=4)
+    sub.add_parser("down")
+    sub.add_parser("status")
+    a = ap.parse_args(argv)
+    return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "_supervise": cmd_supervise}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

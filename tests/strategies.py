@@ -1,0 +1,119 @@
+"""Hypothesis strategies for DSAModel manifests: mostly plausible, sometimes wrong, sometimes junk.
+
+Shared by the planner's property tests and the real-parser tests (every plan these
+produce must parse under the pinned SGLang).
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from dsa_operator.api import KernelName
+from dsa_operator.catalog import FAMILIES, GLM5_RECOMMENDED_INDEX_PATTERN
+from dsa_operator.hardware import ACCELERATORS
+
+KERNELS = list(KernelName.__args__)
+VERSIONS = ["0.5.9", "0.5.12", "0.5.13", "0.5.14", "0.5.16", "0.5.19", "0.5.20", "0.5.22", "0.5.23"]
+
+junk = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 70000) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def maybe(strategy, junk_rate: int = 12):
+    """Mostly `strategy`, sometimes a wrong-typed value."""
+    return st.one_of(*([strategy] * junk_rate), junk)
+
+
+pow2 = st.sampled_from([1, 2, 4, 8, 16])
+
+
+@st.composite
+def parallelism(draw):
+    p = {
+        "tp": draw(maybe(st.sampled_from([1, 2, 4, 8, 8, 8, 16]))),
+        "dp": draw(maybe(st.sampled_from([1, 1, 2, 8]))),
+        "ep": draw(maybe(st.sampled_from([1, 1, 8]))),
+        "pp": draw(maybe(st.sampled_from([1, 1, 1, 2, 4]))),
+    }
+    if draw(st.booleans()):
+        p["attention"] = draw(maybe(st.sampled_from(["dp", "tp"])))
+    if draw(st.integers(0, 3)) == 0:
+        p["contextParallel"] = {"mode": draw(maybe(st.sampled_from(["in-seq-split", "round-robin-split"])))}
+    if draw(st.integers(0, 3)) == 0:
+        p["moeDenseTpSize"] = draw(maybe(st.sampled_from([1, 2])))
+    if draw(st.integers(0, 5)) == 0:
+        p["ppLayerPartition"] = draw(maybe(st.lists(st.integers(1, 40), min_size=1, max_size=4)))
+    return p
+
+
+@st.composite
+def engine(draw):
+    e = {"replicas": draw(maybe(st.integers(1, 3))), "parallelism": draw(parallelism())}
+    if draw(st.booleans()):
+        e["kernels"] = {
+            "prefill": draw(maybe(st.sampled_from(KERNELS))),
+            "decode": draw(maybe(st.sampled_from(KERNELS))),
+            "kvCacheDtype": draw(maybe(st.sampled_from(["auto", "bf16", "fp8_e4m3"]))),
+        }
+    for key, values in (
+        ("maxRunningRequests", st.integers(1, 1024)),
+        ("memFractionStatic", st.sampled_from([0.8, 0.9])),
+        ("chunkedPrefillSize", st.sampled_from([4096, 16384])),
+        ("cudaGraphMaxBatchSize", st.integers(1, 64)),
+        ("pageSize", st.sampled_from([1, 64])),
+        ("disableRadixCache", st.booleans()),
+        ("enableMetrics", st.booleans()),
+        ("extraArgs", st.sampled_from([[], ["--tokenizer-worker-num", "4"], ["--tp-size", "2"]])),
+    ):
+        if draw(st.integers(0, 3)) == 0:
+            e[key] = draw(maybe(values))
+    return e
+
+
+@st.composite
+def manifests(draw):
+    family = draw(maybe(st.sampled_from(sorted(FAMILIES))))
+    spec: dict = {"model": {"family": family}}
+    if draw(st.integers(0, 4)) == 0:
+        spec["model"]["quantization"] = draw(maybe(st.sampled_from(["fp8", "nvfp4"])))
+    spec["runtime"] = {"sglangVersion": draw(maybe(st.sampled_from(VERSIONS)))}
+    spec["hardware"] = {"accelerator": draw(maybe(st.sampled_from(sorted(ACCELERATORS))))}
+    if draw(st.integers(0, 4)) == 0:
+        spec["hardware"]["gpusPerNode"] = draw(maybe(st.sampled_from([4, 8])))
+    features: dict = {}
+    if draw(st.booleans()):
+        features["toolCalling"] = draw(maybe(st.booleans()))
+    if draw(st.booleans()):
+        features["reasoning"] = draw(maybe(st.booleans()))
+    if draw(st.integers(0, 3)) == 0:
+        s = draw(st.integers(1, 4))
+        k = draw(st.sampled_from([1, 1, 2]))
+        d = draw(st.sampled_from([s + 1, s + 1, 2, 8]))
+        features["mtp"] = {"enabled": True, "numSteps": s, "eagleTopK": k, "numDraftTokens": d}
+    if draw(st.integers(0, 3)) == 0:
+        features["indexCache"] = {
+            "pattern": draw(maybe(st.sampled_from([GLM5_RECOMMENDED_INDEX_PATTERN, "FFS", "S" + "F" * 77])))
+        }
+    if draw(st.integers(0, 4)) == 0:
+        features["denseAttentionThreshold"] = draw(maybe(st.integers(1, 8192)))
+    spec["features"] = features
+    shape = draw(st.sampled_from(["serving", "serving", "pd", "pd", "both", "none", "prefill-only"]))
+    if shape in ("serving", "both"):
+        spec["serving"] = draw(engine())
+    if shape in ("pd", "both", "prefill-only"):
+        spec["prefill"] = draw(engine())
+    if shape in ("pd", "both"):
+        spec["decode"] = draw(engine())
+    if draw(st.integers(0, 3)) == 0:
+        spec["router"] = {
+            "discovery": draw(maybe(st.sampled_from(["kubernetes", "static"]))),
+            "policy": draw(maybe(st.sampled_from(["cache_aware", "round_robin"]))),
+        }
+    if draw(st.integers(0, 10)) == 0:
+        spec[draw(st.text(min_size=1, max_size=5))] = draw(junk)
+    name = draw(maybe(st.sampled_from(["m", "dsv32", "glm5-prod"]), junk_rate=30))
+    return {"apiVersion": "serving.dsa.dev/v1alpha1", "kind": "DSAModel",
+            "metadata": {"name": name, "namespace": "ns1"}, "spec": spec}
