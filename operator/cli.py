@@ -15,7 +15,7 @@ from dsa_operator.errors import PlanError
 from dsa_operator.plan import Plan
 from dsa_operator.planner import plan as make_plan
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 
 
 class Output(StrEnum):
@@ -24,15 +24,20 @@ class Output(StrEnum):
     yaml = "yaml"
 
 
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
 def _load(path: Path) -> object:
     try:
         text = sys.stdin.read() if str(path) == "-" else path.read_text()
     except OSError as e:
-        raise typer.BadParameter(f"cannot read {path}: {e.strerror}", param_hint="-f") from None
+        _fail(f"cannot read {path}: {e.strerror}")
     try:
         return yaml.safe_load(text)  # JSON is YAML too
     except yaml.YAMLError as e:
-        raise typer.BadParameter(f"{path} is not valid YAML or JSON: {e}", param_hint="-f") from None
+        _fail(f"{path} is not valid YAML or JSON: {e}".replace("\n", " "))
 
 
 def render_text(p: Plan) -> str:

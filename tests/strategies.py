@@ -6,11 +6,10 @@ produce must parse under the pinned SGLang).
 
 from __future__ import annotations
 
-from hypothesis import strategies as st
-
 from dsa_operator.api import KernelName
 from dsa_operator.catalog import FAMILIES, GLM5_RECOMMENDED_INDEX_PATTERN
 from dsa_operator.hardware import ACCELERATORS
+from hypothesis import strategies as st
 
 KERNELS = list(KernelName.__args__)
 VERSIONS = ["0.5.9", "0.5.12", "0.5.13", "0.5.14", "0.5.16", "0.5.19", "0.5.20", "0.5.22", "0.5.23"]
@@ -115,5 +114,9 @@ def manifests(draw):
     if draw(st.integers(0, 10)) == 0:
         spec[draw(st.text(min_size=1, max_size=5))] = draw(junk)
     name = draw(maybe(st.sampled_from(["m", "dsv32", "glm5-prod"]), junk_rate=30))
-    return {"apiVersion": "serving.dsa.dev/v1alpha1", "kind": "DSAModel",
-            "metadata": {"name": name, "namespace": "ns1"}, "spec": spec}
+    return {
+        "apiVersion": "serving.dsa.dev/v1alpha1",
+        "kind": "DSAModel",
+        "metadata": {"name": name, "namespace": "ns1"},
+        "spec": spec,
+    }
