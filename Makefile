@@ -1,0 +1,38 @@
+# dsa-operator: the README's two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON_BOOT ?= python3.11
+VENV ?= .venv
+PYTHON ?= $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: venv lint test test-unit test-sglang crd manifests clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip==25.3
+	$(PYTHON) -m pip install -q -e '.[test,runtime]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+crd: venv  ## regenerate crds/ from the API model
+	$(VENV)/bin/dsa-operator crd > crds/serving.dsa.dev_dsamodels.yaml
+
+sglang-envs: venv  ## install the pinned SGLang releases' parsers (cached)
+	$(PYTHON) tests/sglang_compat/envs.py ensure-all
+
+test-unit: venv
+	$(PYTHON) -m pytest tests/operator $(PYTEST_ARGS)
+
+# Everything: unit, SGLang real-parser, runtime, control-plane integration.
+test: venv lint sglang-envs cluster-bins
+	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+-include tests/cluster/cluster.mk
