@@ -113,6 +113,11 @@ class HardwareSpec(Base):
         "accelerator's usual node (8; 4 on GB200/GB300).",
     )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Pod nodeSelector.")
+    select_by_product: bool = Field(
+        True,
+        description="Also select nodes by the GPU product label (nvidia.com/gpu.product or "
+        "amd.com/gpu.product) of the accelerator, so kernels meet the GPU they were planned for.",
+    )
     tolerations: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Pod tolerations, as in a PodSpec.",
@@ -259,6 +264,12 @@ class EngineSpec(Base):
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="CPU/memory.")
+    startup_timeout_seconds: int = Field(
+        3600, ge=60, description="How long a model load may take before the pod is restarted."
+    )
+    termination_grace_period_seconds: int = Field(
+        180, ge=0, description="Time SGLang gets to drain in-flight requests on shutdown."
+    )
 
 
 class DisaggregationSpec(Base):

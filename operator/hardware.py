@@ -17,14 +17,15 @@ class Accelerator:
     gpus_per_node: int  # the usual node; the spec may override it
     product: str  # the node label value GPU feature discovery sets
     resource: str  # the extended resource a pod requests
+    product_label: str  # the node label holding `product`
 
 
 def _nvidia(name: str, arch: Arch, product: str, per_node: int = 8) -> Accelerator:
-    return Accelerator(name, arch, "nvidia", per_node, product, "nvidia.com/gpu")
+    return Accelerator(name, arch, "nvidia", per_node, product, "nvidia.com/gpu", "nvidia.com/gpu.product")
 
 
 def _amd(name: str, product: str) -> Accelerator:
-    return Accelerator(name, "amd", "amd", 8, product, "amd.com/gpu")
+    return Accelerator(name, "amd", "amd", 8, product, "amd.com/gpu", "amd.com/gpu.product-name")
 
 
 ACCELERATORS: dict[str, Accelerator] = {
