@@ -98,5 +98,71 @@ def crd_cmd() -> None:
     typer.echo(crd_yaml(), nl=False)
 
 
+@app.command("run")
+def run_cmd(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Watch these namespaces (default: all).")
+    ] = None,
+    liveness: Annotated[str, typer.Option(help="kopf liveness endpoint.")] = "http://0.0.0.0:8080/healthz",
+    leader_elect: Annotated[
+        bool, typer.Option(help="Act only while holding a Lease (replicas > 1).")
+    ] = False,
+    leader_lease: Annotated[str, typer.Option(help="Lease name.")] = "dsa-operator",
+    leader_namespace: Annotated[
+        str | None, typer.Option(help="Lease namespace (default: POD_NAMESPACE).")
+    ] = None,
+    webhook_port: Annotated[
+        int | None, typer.Option(help="Serve the validating webhook on this port.")
+    ] = None,
+    webhook_addr: Annotated[str | None, typer.Option(help="Webhook listen address.")] = None,
+    webhook_host: Annotated[str | None, typer.Option(help="Host name the API server dials.")] = None,
+    webhook_cert: Annotated[
+        str | None, typer.Option(help="TLS certificate (self-signed when absent).")
+    ] = None,
+    webhook_key: Annotated[str | None, typer.Option(help="TLS key.")] = None,
+    webhook_managed: Annotated[
+        str | None, typer.Option(help="Name of a ValidatingWebhookConfiguration to keep up to date.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the operator (kopf): reconcile DSAModels into groups, router and endpoint."""
+    import logging
+    import os
+
+    import kopf
+    from dsa_operator import handlers
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handlers.OPTIONS = handlers.Options(
+        webhook_addr=webhook_addr,
+        webhook_port=webhook_port,
+        webhook_host=webhook_host,
+        webhook_cert=webhook_cert,
+        webhook_key=webhook_key,
+        webhook_managed=webhook_managed,
+    )
+
+    def work() -> None:
+        kopf.run(
+            standalone=True,
+            clusterwide=not namespace,
+            namespaces=namespace or (),
+            liveness_endpoint=liveness,
+        )
+
+    if leader_elect:
+        from dsa_operator.kube import load_client_config
+        from dsa_operator.leader import run_as_leader
+
+        load_client_config()
+        ns = leader_namespace or os.environ.get("POD_NAMESPACE") or "default"
+        run_as_leader(leader_lease, ns, work)
+    else:
+        work()
+
+
 def main() -> None:
     app()

@@ -1,0 +1,148 @@
+"""kopf wiring: events in, one serial reconcile loop per DSAModel, the admission webhook.
+
+Each DSAModel gets a loop that reconciles whenever something of it changes (the object,
+or one of its pods, StatefulSets or Deployments) — event-driven, so a pod change shows in
+status within the time of one reconcile. Between events the loop only sleeps. No kopf
+change-handlers, daemons or finalizers are used: those would write to the DSAModel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from dsa_operator import GROUP, PLURAL, VERSION, labels
+from dsa_operator.controller import Reconciler
+from dsa_operator.errors import PlanError
+from dsa_operator.kube import Kube, load_client_config
+from dsa_operator.planner import plan
+
+log = logging.getLogger(__name__)
+RESYNC_SECONDS = 300.0  # a safety net only: reads, and writes nothing when nothing changed
+
+
+@dataclass
+class Options:
+    """Set by `dsa-operator run` before kopf starts."""
+
+    webhook_addr: str | None = None
+    webhook_port: int | None = None
+    webhook_host: str | None = None
+    webhook_cert: str | None = None
+    webhook_key: str | None = None
+    webhook_managed: str | None = None  # name of the ValidatingWebhookConfiguration kopf keeps
+
+
+OPTIONS = Options()
+
+
+@dataclass
+class Loops:
+    reconciler: Reconciler
+    bodies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    triggers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    tasks: dict[tuple[str, str], asyncio.Task] = field(default_factory=dict)
+
+    def submit(self, key: tuple[str, str], body: dict[str, Any]) -> None:
+        self.bodies[key] = body
+        if key not in self.tasks or self.tasks[key].done():
+            self.triggers[key] = asyncio.Event()
+            self.tasks[key] = asyncio.create_task(self._run(key), name=f"reconcile {key[0]}/{key[1]}")
+        self.poke(key)
+
+    def poke(self, key: tuple[str, str]) -> None:
+        if key in self.triggers:
+            self.triggers[key].set()
+
+    def stop(self, key: tuple[str, str]) -> None:
+        task = self.tasks.pop(key, None)
+        if task:
+            task.cancel()
+        self.bodies.pop(key, None)
+        self.triggers.pop(key, None)
+        self.reconciler.memory.pop(key, None)
+
+    async def _run(self, key: tuple[str, str]) -> None:
+        backoff = 1.0
+        while key in self.bodies:
+            trigger = self.triggers[key]
+            trigger.clear()
+            try:
+                requeue = await asyncio.to_thread(self.reconciler.reconcile, self.bodies[key])
+                backoff = 1.0
+            except Exception:  # the API said no, or a bug: log it, retry with backoff
+                log.exception("reconcile of %s/%s failed", *key)
+                requeue, backoff = backoff, min(backoff * 2, 60.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(trigger.wait(), timeout=requeue or RESYNC_SECONDS)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.peering.standalone = True  # HA is a Lease (see `dsa-operator run --leader-elect`)
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 270
+    settings.networking.request_timeout = 60
+    if OPTIONS.webhook_port:
+        settings.admission.server = kopf.WebhookServer(
+            addr=OPTIONS.webhook_addr,
+            port=OPTIONS.webhook_port,
+            host=OPTIONS.webhook_host,
+            certfile=OPTIONS.webhook_cert,
+            pkeyfile=OPTIONS.webhook_key,
+        )
+        settings.admission.managed = OPTIONS.webhook_managed
+    memo.loops = Loops(Reconciler(Kube(load_client_config())))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def model_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    key = (body.metadata.namespace, body.metadata.name)
+    if event.get("type") == "DELETED" or body.metadata.get("deletionTimestamp"):
+        memo.loops.stop(key)  # the children go with their ownerReferences
+        return
+    memo.loops.submit(key, _plain(body))
+
+
+def _poke(body: kopf.Body, memo: kopf.Memo) -> None:
+    model = body.metadata.labels.get(labels.MODEL)
+    if model and hasattr(memo, "loops"):
+        memo.loops.poke((body.metadata.namespace, model))
+
+
+@kopf.on.event("pods", labels={labels.MODEL: kopf.PRESENT})
+async def pod_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _poke(body, memo)
+
+
+@kopf.on.event("apps", "v1", "statefulsets", labels={labels.MODEL: kopf.PRESENT})
+async def statefulset_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _poke(body, memo)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={labels.MODEL: kopf.PRESENT})
+async def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _poke(body, memo)
+
+
+@kopf.on.validate(GROUP, VERSION, PLURAL, id="dsamodel-planner", operations=["CREATE", "UPDATE"])
+def validate(body: kopf.Body, **_: Any) -> None:
+    """Refuse a DSAModel the planner refuses, with its field paths: nothing gets created for it."""
+    try:
+        plan(_plain(body))
+    except PlanError as e:
+        raise kopf.AdmissionError(
+            "invalid DSAModel: " + "; ".join(str(p) for p in e.problems), code=422
+        ) from None
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

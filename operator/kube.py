@@ -1,0 +1,118 @@
+"""The operator's only door to the API server: list, apply, delete, post events and status.
+
+Every write goes through here, so the field manager and the "skip unchanged" rule live in
+one place. Objects are plain dicts in the API's own (camelCase) form.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsa_operator import GROUP, KIND, PLURAL, VERSION
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError
+
+log = logging.getLogger(__name__)
+FIELD_MANAGER = "dsa-operator"
+Obj = dict[str, Any]
+
+# The kinds the operator owns, in apply order (a group's ConfigMap before its StatefulSet).
+CHILD_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "ConfigMap"),
+    ("v1", "ServiceAccount"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("v1", "Service"),
+    ("apps/v1", "StatefulSet"),
+    ("apps/v1", "Deployment"),
+)
+
+
+def load_client_config() -> client.ApiClient:
+    """In a pod: its ServiceAccount; elsewhere: KUBECONFIG / ~/.kube/config."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+@dataclass
+class Kube:
+    api: client.ApiClient
+    writes: int = 0  # counted for logs and tests
+    _resources: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.dyn = DynamicClient(self.api)
+        self.core = client.CoreV1Api(self.api)
+
+    def _res(self, api_version: str, kind: str) -> Any:
+        key = (api_version, kind)
+        if key not in self._resources:
+            self._resources[key] = self.dyn.resources.get(api_version=api_version, kind=kind)
+        return self._resources[key]
+
+    def list(self, api_version: str, kind: str, namespace: str, selector: str) -> list[Obj]:
+        items = self._res(api_version, kind).get(namespace=namespace, label_selector=selector)
+        return [i.to_dict() for i in items.items]
+
+    def apply(self, obj: Obj) -> None:
+        """Server-side apply under the operator's one field manager."""
+        self.writes += 1
+        self._res(obj["apiVersion"], obj["kind"]).server_side_apply(
+            body=obj, field_manager=FIELD_MANAGER, force_conflicts=True
+        )
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self.writes += 1
+        with contextlib.suppress(NotFoundError):
+            self._res(api_version, kind).delete(
+                name=name, namespace=namespace, body={"propagationPolicy": "Background"}
+            )
+
+    def delete_pods(self, namespace: str, selector: str) -> None:
+        """All pods of a group at once: one NCCL world goes down together."""
+        self.writes += 1
+        self.core.delete_collection_namespaced_pod(namespace, label_selector=selector)
+
+    def event(self, model: Obj, kind: str, reason: str, message: str) -> None:
+        """An Event on the DSAModel (`kubectl describe dsamodel` shows it)."""
+        meta = model["metadata"]
+        now = datetime.datetime.now(datetime.UTC)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}",
+                kind=KIND,
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid"),
+            ),
+            type=kind,
+            reason=reason,
+            message=message[:1024],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component=FIELD_MANAGER),
+            reporting_component=FIELD_MANAGER,
+        )
+        self.writes += 1
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as e:  # an Event is evidence, not a reason to stop reconciling
+            log.warning("could not record event %s: %s", reason, e.reason)
+
+    def patch_status(self, model: Obj, status: Obj) -> None:
+        self.writes += 1
+        meta = model["metadata"]
+        client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": status}
+        )
