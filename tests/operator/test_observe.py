@@ -1,0 +1,81 @@
+"""Reading a group's health from its pods, as a kubelet (or kwok) reports them."""
+
+from __future__ import annotations
+
+from dsa_operator.observe import REVISION, split_by_group, view_group
+
+
+def pod(name, ready=True, rev="r1", restarts=0, phase="Running", term=None, unsched=None, deleting=False):
+    status = {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        "containerStatuses": [
+            {
+                "name": "engine",
+                "restartCount": restarts,
+                "state": {"running": {}},
+                "lastState": {"terminated": term} if term else {},
+            }
+        ],
+    }
+    if unsched:
+        status["conditions"].append(
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unsched}
+        )
+    meta = {
+        "name": name,
+        "uid": f"uid-{name}",
+        "labels": {REVISION: rev, "serving.dsa.dev/role": "prefill", "serving.dsa.dev/group": "0"},
+    }
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta, "status": status}
+
+
+STS = {"status": {"updateRevision": "r1"}, "spec": {"replicas": 2}}
+
+
+def test_whole_ready_group():
+    v = view_group("prefill", 0, STS, [pod("a"), pod("b")], 2)
+    assert v.ready and not v.outdated and not v.evidence and v.pods == ("a", "b")
+
+
+def test_restart_is_evidence_with_exit_code():
+    term = {"exitCode": 137, "reason": "OOMKilled", "message": "killed"}
+    v = view_group("prefill", 0, STS, [pod("a"), pod("b", restarts=1, term=term)], 2)
+    assert not v.ready
+    e = v.evidence[0]
+    assert (e.pod, e.exit_code) == ("b", 137) and "killed" in e.describe() and "137" in e.describe()
+
+
+def test_failed_phase_is_evidence():
+    v = view_group("prefill", 0, STS, [pod("a"), pod("b", phase="Failed", ready=False)], 2)
+    assert v.evidence and v.evidence[0].reason == "failed"
+
+
+def test_outdated_and_missing_pods():
+    v = view_group("prefill", 0, {"status": {"updateRevision": "r2"}}, [pod("a"), pod("b")], 2)
+    assert v.outdated and not v.ready
+    v = view_group("prefill", 0, STS, [pod("a")], 2)
+    assert not v.ready and not v.evidence
+
+
+def test_unschedulable_names_pod_and_reason():
+    v = view_group(
+        "prefill",
+        0,
+        STS,
+        [pod("a", ready=False, unsched="0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")],
+        1,
+    )
+    assert v.unschedulable == ("a: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",)
+
+
+def test_terminating_pods_do_not_count():
+    v = view_group("prefill", 0, STS, [pod("a"), pod("b", deleting=True)], 2)
+    assert v.terminating and not v.ready and v.pods == ("a",)
+
+
+def test_split_by_group_ignores_foreign_pods():
+    other = {"metadata": {"name": "x", "labels": {}}}
+    assert list(split_by_group([pod("a"), other])) == [("prefill", 0)]

@@ -1,0 +1,80 @@
+"""Status tells a user what is wrong and what to do, and holds still when nothing changes."""
+
+from __future__ import annotations
+
+from dsa_operator.errors import PlanError, Problem
+from dsa_operator.observe import Evidence, GroupView
+from dsa_operator.planner import plan
+from dsa_operator.status import compute_status, invalid_status
+
+from tests.conftest import ROOT, load
+
+P = plan(load(ROOT / "examples" / "12-pd.yaml"))
+
+
+def gv(role, ready=True, evidence=(), unsched=()):
+    return GroupView(
+        role, 0, True, 1, ("p",), frozenset({"u"}), ready, False, tuple(evidence), tuple(unsched)
+    )
+
+
+def status(groups, router=True, rolling=(), old=None, now="2026-12-01T00:00:00Z"):
+    return compute_status(P, groups, router, list(rolling), [], old or {}, 3, now)
+
+
+def cond(s, t):
+    return next(c for c in s["conditions"] if c["type"] == t)
+
+
+def test_ready():
+    s = status([gv("prefill"), gv("decode")])
+    assert s["phase"] == "Ready" and s["readyGroups"] == "2/2"
+    assert s["endpoint"] == "http://dsv32-exp-pd.default.svc:8000/v1"
+    assert cond(s, "Ready")["status"] == "True" and s["observedGeneration"] == 3
+    assert s["plan"]["roles"]["prefill"]["prefillKernel"] == "flashmla_sparse"
+
+
+def test_router_not_ready_is_not_ready():
+    assert status([gv("prefill"), gv("decode")], router=False)["phase"] == "Progressing"
+
+
+def test_degraded_names_pod_and_exit_code():
+    s = status(
+        [gv("prefill", ready=False, evidence=[Evidence("pf-0", "restarted", 139, "segfault")]), gv("decode")]
+    )
+    assert s["phase"] == "Degraded"
+    msg = cond(s, "Degraded")["message"]
+    assert "pf-0" in msg and "139" in msg
+
+
+def test_unschedulable_condition():
+    s = status(
+        [
+            gv(
+                "prefill", ready=False, unsched=["pf-0: 0/4 nodes are available: Insufficient nvidia.com/gpu"]
+            ),
+            gv("decode", ready=False),
+        ]
+    )
+    c = cond(s, "Scheduled")
+    assert (
+        c["status"] == "False"
+        and c["reason"] == "Unschedulable"
+        and "Insufficient nvidia.com/gpu" in c["message"]
+    )
+    assert s["phase"] == "Pending"
+
+
+def test_transition_times_hold_when_nothing_changes():
+    first = status([gv("prefill"), gv("decode")], now="2026-12-01T00:00:00Z")
+    again = status([gv("prefill"), gv("decode")], old=first, now="2026-12-01T01:00:00Z")
+    assert again == first
+    changed = status([gv("prefill", ready=False), gv("decode")], old=first, now="2026-12-01T02:00:00Z")
+    assert cond(changed, "Ready")["lastTransitionTime"] == "2026-12-01T02:00:00Z"
+    assert cond(changed, "Valid")["lastTransitionTime"] == "2026-12-01T00:00:00Z"
+
+
+def test_invalid_spec_status():
+    s = invalid_status(PlanError([Problem("spec.serving.parallelism.tp", "bad")]), {}, 2, "t")
+    assert s["phase"] == "Invalid"
+    assert "spec.serving.parallelism.tp" in cond(s, "Valid")["message"]
