@@ -493,13 +493,18 @@ class Cluster:
         self._certs.leaf("kwok", "system:kwok-controller", ["system:masters"], ca=self._ca)
         # ServiceAccount token signing key (ES256); the public half is derived from it by the apiserver.
         sa = self.pki / "sa.key"
+        pub = self.pki / "sa.pub"  # the apiserver's --service-account-key-file wants a public key
         if self._certs.backend == "openssl":
             self._certs._ossl_key(sa)
+            self._certs._ossl(["pkey", "-in", sa, "-pubout", "-out", pub])
         else:
             from cryptography.hazmat.primitives import serialization
             from cryptography.hazmat.primitives.asymmetric import ec
-            sa.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+            k = ec.generate_private_key(ec.SECP256R1())
+            sa.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+            pub.write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
 
     def _write_kubeconfig(self, path: Path, user: str, creds: dict) -> None:
         cfg = {
@@ -555,12 +560,11 @@ class Cluster:
             "--authorization-mode=RBAC",
             f"--service-account-issuer={SA_ISSUER}",
             f"--api-audiences={SA_ISSUER}",
-            f"--service-account-key-file={p / 'sa.key'}",
+            f"--service-account-key-file={p / 'sa.pub'}",
             f"--service-account-signing-key-file={p / 'sa.key'}",
             # No kubelet/endpoints: do not try to publish 127.0.0.1 as the kubernetes Service endpoint.
             "--endpoint-reconciler-type=none",
             "--profiling=false",
-            "--v=1",
         ])
 
     def _start_kcm(self) -> None:
@@ -574,7 +578,6 @@ class Cluster:
             f"--root-ca-file={self.pki / 'ca.crt'}",
             "--bind-address=127.0.0.1", f"--secure-port={self.kcm_port}",
             f"--cert-dir={self.workdir / 'kcm-certs'}",
-            "--v=1",
         ])
 
     def _start_scheduler(self) -> None:
@@ -584,7 +587,6 @@ class Cluster:
             f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
             "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={self.sched_port}",
             f"--cert-dir={self.workdir / 'scheduler-certs'}",
-            "--v=1",
         ])
 
     def _start_kwok(self) -> None:
@@ -610,17 +612,16 @@ class Cluster:
                 "labels": {
                     "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                     "kubernetes.io/arch": "amd64", "type": "kwok",
-                    "topology.kubernetes.io/zone": self.zones[i % len(self.zones)] if self.zones else "zone-a",
+                    "topology.kubernetes.io/zone": self.zones[(i // max(1, self.nodes_per_rack)) % len(self.zones)]
+                                                   if self.zones else "zone-a",
                     self.rack_label: f"rack-{i // max(1, self.nodes_per_rack)}",
                     "nvidia.com/gpu.product": self.gpu_product,
                     "nvidia.com/gpu.count": str(self.gpus_per_node),
                 },
             },
             "spec": {},
-            "status": {"capacity": res, "allocatable": dict(res), "phase": "Running",
-                       "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
-                                    "kubeletVersion": "fake", "kubeProxyVersion": "fake",
-                                    "containerRuntimeVersion": "kwok"}},
+            # kwok's node-initialize stage fills nodeInfo, addresses and conditions.
+            "status": {"capacity": res, "allocatable": dict(res), "phase": "Running"},
         }
 
     def _create_nodes(self) -> None:
