@@ -1,0 +1,143 @@
+"""Which DSA attention kernels run on which GPU architecture, and what each needs.
+
+Kept here (not only in the operator) so a pod can refuse a plan made for other hardware,
+e.g. Blackwell's trtllm on a Hopper node, with a message naming the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dsa_runtime.errors import ExitCode, RuntimeFailure
+
+_COMMON_SM = frozenset({"flashmla_sparse", "flashmla_kv", "flashmla_auto", "tilelang"})
+
+COMPATIBLE: dict[str, frozenset[str]] = {
+    "sm90": _COMMON_SM | {"fa3"},
+    "sm100": _COMMON_SM | {"trtllm"},
+    "amd": frozenset({"tilelang", "aiter", "triton"}),
+}
+"""Architecture -> kernels every supported SGLang version offers there."""
+
+COMPATIBLE_FROM_DSA_DIALECT: dict[str, frozenset[str]] = {
+    "sm100": frozenset(
+        {"flashmla_sparse_q8", "flashinfer_sparse_mla", "triton_sparse_mla", "triton"}
+    ),
+}
+"""Kernels added with the 0.5.20+ ("dsa") flag dialect."""
+
+DECODE_ONLY = frozenset({"aiter"})
+
+DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
+    ("sm90", "bf16"): ("flashmla_sparse", "fa3"),
+    ("sm90", "fp8_e4m3"): ("flashmla_kv", "flashmla_kv"),
+    ("sm100", "bf16"): ("flashmla_sparse", "trtllm"),
+    ("sm100", "fp8_e4m3"): ("trtllm", "trtllm"),
+}
+"""(arch, KV cache dtype) -> SGLang's (prefill, decode) defaults, as the seed documents."""
+
+AMD_DEFAULT = {"nsa": "tilelang", "dsa": "triton"}
+
+MODULES: dict[str, str] = {
+    "flashmla_sparse": "flash_mla",
+    "flashmla_kv": "flash_mla",
+    "flashmla_auto": "flash_mla",
+    "flashmla_sparse_q8": "flash_mla",
+    "fa3": "sgl_kernel",
+    "trtllm": "flashinfer",
+    "flashinfer_sparse_mla": "flashinfer",
+    "tilelang": "tilelang",
+    "aiter": "aiter",
+    "triton": "triton",
+    "triton_sparse_mla": "triton",
+}
+"""Kernel -> the Python module SGLang imports for it."""
+
+SPARSE_PREFILL = frozenset({"flashmla_sparse", "flashmla_auto"})
+"""Kernels whose correctness preflight checks by running `flash_mla_sparse_fwd`."""
+
+
+def arch_family(arch: str, vendor: str = "nvidia") -> str:
+    """Map 'sm90', 'sm100', 'sm103', '9.0', 'gfx942' ... onto a key of COMPATIBLE."""
+    if vendor == "amd" or arch.startswith("gfx") or arch == "amd":
+        return "amd"
+    a = arch.lower().removeprefix("sm").removeprefix("_")
+    if "." in a:
+        major, _, minor = a.partition(".")
+        a = major + minor
+    if a.isdigit():
+        n = int(a)
+        if 90 <= n < 100:
+            return "sm90"
+        if 100 <= n < 110:
+            return "sm100"
+        return f"sm{n}"
+    return arch
+
+
+def allowed(arch: str, dialect: str, slot: str) -> list[str]:
+    family = arch_family(arch)
+    names = set(COMPATIBLE.get(family, frozenset()))
+    if dialect == "dsa":
+        names |= COMPATIBLE_FROM_DSA_DIALECT.get(family, frozenset())
+    if slot == "prefill":
+        names -= DECODE_ONLY
+    return sorted(names)
+
+
+def default_kernels(arch: str, kv_dtype: str, dialect: str) -> tuple[str, str]:
+    """What SGLang picks for `auto` (its kv dtype `auto` is bf16 on Hopper, fp8 on SM100+)."""
+    family = arch_family(arch)
+    if family == "amd":
+        k = AMD_DEFAULT.get(dialect, "triton")
+        return k, k
+    if kv_dtype in ("auto", ""):
+        kv_dtype = "bf16" if family == "sm90" else "fp8_e4m3"
+    return DEFAULTS.get((family, kv_dtype), ("flashmla_sparse", "flashmla_kv"))
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    slot: str  # prefill | decode
+    planned: str  # as in the plan, maybe "auto"
+    resolved: str  # what SGLang will run
+
+
+def resolve(
+    arch: str, prefill: str, decode: str, kv_dtype: str, dialect: str
+) -> list[KernelChoice]:
+    dp, dd = default_kernels(arch, kv_dtype, dialect)
+    return [
+        KernelChoice("prefill", prefill, dp if prefill == "auto" else prefill),
+        KernelChoice("decode", decode, dd if decode == "auto" else decode),
+    ]
+
+
+def check_compatible(
+    arch: str, choices: list[KernelChoice], dialect: str, spec_path: str
+) -> None:
+    """Raise KERNEL_UNSUPPORTED naming the spec field and the values that would work."""
+    for c in choices:
+        ok = allowed(arch, dialect, c.slot)
+        if c.resolved in ok:
+            continue
+        family = arch_family(arch)
+        dp, dd = default_kernels(arch, "auto", dialect)
+        suggestion = dp if c.slot == "prefill" else dd
+        others = ", ".join(k for k in ok if k != suggestion)
+        raise RuntimeFailure(
+            ExitCode.KERNEL_UNSUPPORTED,
+            f"{c.slot} kernel {c.resolved} does not run on {family} "
+            f"(this node's GPU): set {spec_path}.kernels.{c.slot} to {suggestion} or auto"
+            + (f" (also possible: {others})" if others else ""),
+        )
+
+
+def modules_needed(choices: list[KernelChoice]) -> dict[str, str]:
+    """module -> the kernel that needs it."""
+    out: dict[str, str] = {}
+    for c in choices:
+        mod = MODULES.get(c.resolved)
+        if mod:
+            out.setdefault(mod, c.resolved)
+    return out
