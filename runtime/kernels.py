@@ -53,6 +53,16 @@ MODULES: dict[str, str] = {
 }
 """Kernel -> the Python module SGLang imports for it."""
 
+PACKAGES: dict[str, str] = {
+    "flash_mla": "sgl-flash-mla",
+    "sgl_kernel": "sglang-kernel",
+    "flashinfer": "flashinfer-python",
+    "tilelang": "tilelang",
+    "aiter": "amd-aiter",
+    "triton": "triton",
+}
+"""Module -> the distribution that provides it (named in the fix)."""
+
 SPARSE_PREFILL = frozenset({"flashmla_sparse", "flashmla_auto"})
 """Kernels whose correctness preflight checks by running `flash_mla_sparse_fwd`."""
 

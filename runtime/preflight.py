@@ -83,9 +83,13 @@ def check_modules(choices: list[K.KernelChoice]) -> None:
             raise RuntimeFailure(
                 ExitCode.KERNEL_MISSING,
                 f"kernel {kernel} needs the Python module {module}, which does not import "
-                f"here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): use "
-                f"the dsa-runtime image, or set the kernel to auto",
+                f"here ({type(e).__name__}: {first_line(e)}): use the dsa-runtime image, which "
+                f"ships {K.PACKAGES.get(module, module)}, or plan another kernel",
             ) from None
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
 
 
 def run_sparse_check(arch: str, shape_name: str, iters: int) -> dict[str, Any]:
