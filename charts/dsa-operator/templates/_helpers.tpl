@@ -1,0 +1,130 @@
+{{/* Names */}}
+{{- define "dsa-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "dsa-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "dsa-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "dsa-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "dsa-operator.webhookService" -}}
+{{- printf "%s-webhook" (include "dsa-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "dsa-operator.webhookSecret" -}}
+{{- printf "%s-webhook-tls" (include "dsa-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "dsa-operator.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{- define "dsa-operator.leaderElect" -}}
+{{- if gt (int .Values.replicas) 1 }}true{{- end }}
+{{- end }}
+
+{{/* Labels */}}
+{{- define "dsa-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "dsa-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "dsa-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "dsa-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: dsa-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+RBAC in the namespaces holding DSAModels: exactly what the operator's code does there.
+  - dsamodels list/watch: kopf's event handler (and the webhook needs no RBAC).
+  - dsamodels/status patch: Kube.patch_status.
+  - dsamodels/finalizers update: children carry ownerReferences with blockOwnerDeletion=true;
+    clusters running the OwnerReferencesPermissionEnforcement admission plugin require it.
+  - pods list/watch: kopf's pod event handler and Kube.list; deletecollection:
+    Kube.delete_pods (a group restarts as a whole); get: the router Role the operator creates
+    grants pods get/list/watch, and RBAC only lets it create (and bind) a Role whose rights it
+    holds itself (no escalate/bind).
+  - statefulsets, deployments list/watch: kopf event handlers and Kube.list.
+  - children (configmaps, serviceaccounts, services, roles, rolebindings, statefulsets,
+    deployments): list (Kube.list of its children), create + patch (server-side apply is a
+    PATCH that creates when absent, which the API server also authorizes as create), delete
+    (Kube.delete: garbage of an old plan, removed groups).
+  - events create: Kube.event and kopf's own (warning) events, core v1.
+*/}}
+{{- define "dsa-operator.namespacedRules" -}}
+- apiGroups: [serving.dsa.dev]
+  resources: [dsamodels]
+  verbs: [list, watch]
+- apiGroups: [serving.dsa.dev]
+  resources: [dsamodels/status]
+  verbs: [patch]
+- apiGroups: [serving.dsa.dev]
+  resources: [dsamodels/finalizers]
+  verbs: [update]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, deletecollection]
+- apiGroups: [apps]
+  resources: [statefulsets, deployments]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [configmaps, serviceaccounts, services]
+  verbs: [list, create, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [list, create, patch, delete]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}
+
+{{/*
+Cluster-scoped reads of kopf itself: it scans and watches CustomResourceDefinitions (to
+start serving DSAModels when the CRD appears, settings.scanning) and, when watching named
+namespaces, lists/watches Namespaces to notice them come and go. Cluster-wide it needs no
+namespace reads.
+*/}}
+{{- define "dsa-operator.clusterRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- if .Values.watchNamespaces }}
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
+{{- end }}
+
+{{- define "dsa-operator.probeTiming" -}}
+{{- range $k := list "initialDelaySeconds" "periodSeconds" "timeoutSeconds" "failureThreshold" }}
+{{- if hasKey $ $k }}
+{{ $k }}: {{ index $ $k }}
+{{- end }}
+{{- end }}
+{{- end }}
