@@ -133,5 +133,5 @@ def check(
     if verdict.ok and iters > 0:
         ms = time_ms(lambda: kernel(q, kv, idx, sm_scale, shape.d_v), device, iters=iters)
         result["timeMs"] = round(ms, 4)
-        result["tflops"] = round(shape.flops() / (ms * 1e-3) / 1e12, 1)
+        result["tflops"] = round(shape.flops() / (ms * 1e-3) / 1e12, 3)
     return result
