@@ -124,7 +124,7 @@ def resolve(
 
 
 def check_compatible(
-    arch: str, choices: list[KernelChoice], dialect: str, spec_path: str
+    arch: str, choices: list[KernelChoice], dialect: str, spec_path: str, kv_dtype: str = "auto"
 ) -> None:
     """Raise KERNEL_UNSUPPORTED naming the spec field and the values that would work."""
     for c in choices:
@@ -132,7 +132,7 @@ def check_compatible(
         if c.resolved in ok:
             continue
         family = arch_family(arch)
-        dp, dd = default_kernels(arch, "auto", dialect)
+        dp, dd = default_kernels(arch, kv_dtype, dialect)
         suggestion = dp if c.slot == "prefill" else dd
         others = ", ".join(k for k in ok if k != suggestion)
         raise RuntimeFailure(

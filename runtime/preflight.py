@@ -124,7 +124,9 @@ def preflight(
     arch = gpus[0].arch if gpus and plan.hardware.vendor == "nvidia" else plan.hardware.arch
     kn = role_plan.kernels
     choices = K.resolve(arch, kn.prefill, kn.decode, kn.kv_cache_dtype, plan.dialect)
-    K.check_compatible(arch, choices, plan.dialect, SPEC_FIELD.get(role, f"spec.{role}"))
+    K.check_compatible(
+        arch, choices, plan.dialect, SPEC_FIELD.get(role, f"spec.{role}"), kn.kv_cache_dtype
+    )
     report["kernels"] = {c.slot: c.resolved for c in choices}
     check_modules(choices)
     sparse = [c.resolved for c in choices if c.resolved in K.SPARSE_PREFILL]
