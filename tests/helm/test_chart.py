@@ -1,0 +1,239 @@
+"""The chart without a cluster: lint, schema, rendering, RBAC shape, CRD copy, deploy/ freshness."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+
+from tests.helm.chart import CHART, DEPLOY, RENDER, ROOT, container, find, helm_path, one, render, run_helm
+
+pytestmark = pytest.mark.skipif(helm_path() is None, reason="helm not built (tests/cluster/build.sh)")
+RBAC_WRITE = {"create", "patch", "update", "delete", "deletecollection"}
+
+
+def test_lint_strict() -> None:
+    run_helm("lint", "--strict", str(CHART))
+    for sets in (
+        ["replicas=3", "watchNamespaces={a,b}"],
+        ["webhook.enabled=false"],
+        ["webhook.certManager.enabled=true"],
+    ):
+        run_helm("lint", "--strict", str(CHART), *[a for s in sets for a in ("--set", s)])
+
+
+@pytest.mark.parametrize(
+    "bad", ["nope=1", "image.nope=x", "webhook.failurePolicy=Maybe", "replicas=-1", "image.digest=latest"]
+)
+def test_schema_refuses(bad: str) -> None:
+    r = run_helm("template", "x", str(CHART), "--set", bad, check=False)
+    assert r.returncode != 0 and "schema" in r.stderr.lower(), r.stderr
+
+
+def test_crd_copy_equals_source() -> None:
+    assert (CHART / "crds/serving.dsa.dev_dsamodels.yaml").read_text() == (
+        ROOT / "crds/serving.dsa.dev_dsamodels.yaml"
+    ).read_text(), "charts/dsa-operator/crds is stale: cp crds/*.yaml charts/dsa-operator/crds/"
+
+
+def test_deploy_is_fresh(tmp_path) -> None:
+    subprocess.run(["bash", str(RENDER), str(tmp_path)], check=True, capture_output=True, env=None)
+    for name in ("crds.yaml", "dsa-operator.yaml"):
+        assert (tmp_path / name).read_text() == (DEPLOY / name).read_text(), (
+            f"deploy/{name} is stale: run charts/render-deploy.sh"
+        )
+
+
+def test_deploy_render_is_deterministic(tmp_path) -> None:
+    text = (DEPLOY / "dsa-operator.yaml").read_text()
+    assert "BEGIN" not in text and "ValidatingWebhookConfiguration" not in text
+    kinds = [d["kind"] for d in yaml.safe_load_all(text) if d]
+    assert kinds[0] == "Namespace" and "Deployment" in kinds and "helm.sh/hook" not in text
+
+
+def test_defaults() -> None:
+    objs = render()
+    c = container(objs)
+    assert c["image"] == "ghcr.io/dsa-operator/dsa-operator:0.1.0"
+    assert c["args"][0] == "run" and "--leader-elect" not in c["args"]
+    assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
+    assert not any(a.startswith("--webhook-managed") for a in c["args"])
+    assert {"--webhook-port=9443", "--webhook-cert=/etc/dsa-operator/webhook/tls.crt"} <= set(c["args"])
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    sc, pod = c["securityContext"], one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"]
+    assert not sc["allowPrivilegeEscalation"]
+    psc = pod["securityContext"]
+    assert psc["runAsNonRoot"] and psc["runAsUser"] > 0 and psc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert {e["name"] for e in c["env"]} >= {"POD_NAME", "POD_NAMESPACE"}
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    assert not find(objs, "Role", "dsa-operator-leader-election")  # no Lease rights without it
+
+
+def test_image_overrides() -> None:
+    digest = "sha256:" + "a" * 64
+    c = container(render("image.repository=r.example/op", "image.tag=1.2.3", f"image.digest={digest}"))
+    assert c["image"] == f"r.example/op:1.2.3@{digest}"
+
+
+def test_replicas_turn_on_leader_election() -> None:
+    objs = render("replicas=2")
+    c = container(objs)
+    assert "--leader-elect" in c["args"] and "--leader-namespace=dsa-system" in c["args"]
+    assert "livenessProbe" not in c and "readinessProbe" in c  # standbys serve no /healthz
+    role = one(objs, "Role", "dsa-operator-leader-election")
+    assert role["metadata"]["namespace"] == "dsa-system"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["dsa-operator"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    assert "strategy" not in one(objs, "Deployment")["spec"]
+
+
+def _all_rules(objs: list[dict]) -> list[dict]:
+    return [r for o in objs if o["kind"] in ("Role", "ClusterRole") for r in o["rules"]]
+
+
+def test_rbac_is_exact_and_without_wildcards() -> None:
+    for objs in (render(), render("watchNamespaces={llm}", "replicas=2")):
+        for rule in _all_rules(objs):
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+    cluster_role = one(render(), "ClusterRole")
+    grants = {
+        (g, r, v)
+        for rule in cluster_role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert ("serving.dsa.dev", "dsamodels/status", "patch") in grants
+    assert ("", "pods", "deletecollection") in grants and ("", "pods", "delete") not in grants
+    assert ("", "namespaces", "list") not in grants  # cluster-wide kopf does not scan namespaces
+    assert ("", "secrets", "get") not in {(g, r, v) for g, r, v in grants}
+    for group, resource in (
+        ("", "configmaps"),
+        ("rbac.authorization.k8s.io", "roles"),
+        ("apps", "statefulsets"),
+    ):
+        assert {v for g, r, v in grants if (g, r) == (group, resource)} & RBAC_WRITE == {
+            "create",
+            "patch",
+            "delete",
+        }
+
+
+def test_watch_namespaces_use_roles() -> None:
+    objs = render("watchNamespaces={llm,batch}")
+    cluster_role = one(objs, "ClusterRole")
+    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
+        "customresourcedefinitions",
+        "namespaces",
+    }
+    roles = {o["metadata"]["namespace"] for o in find(objs, "Role", "dsa-operator")}
+    bindings = {o["metadata"]["namespace"] for o in find(objs, "RoleBinding", "dsa-operator")}
+    assert roles == bindings == {"llm", "batch"}
+    args = container(objs)["args"]
+    assert "--namespace=llm" in args and "--namespace=batch" in args
+    vwc = one(objs, "ValidatingWebhookConfiguration")
+    assert vwc["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["llm", "batch"]
+
+
+def test_webhook_matches_kopf() -> None:
+    """Path, rules and failure policy are what kopf would register for the handler itself."""
+    import kopf
+    from dsa_operator import handlers  # noqa: F401  (registers the handlers)
+    from kopf._cogs.structs import references
+    from kopf._core.engines.admission import build_webhooks
+
+    registry = kopf.get_default_registry()
+    webhook_handlers = [h for h in registry._webhooks.get_all_handlers() if h.id == "dsamodel-planner"]
+    assert webhook_handlers, "no kopf webhook handler with id dsamodel-planner"
+    resource = references.Resource("serving.dsa.dev", "v1alpha1", "dsamodels", namespaced=True)
+    client = {"service": {"name": "dsa-operator-webhook", "namespace": "dsa-system", "port": 443}}
+    (kopf_hook,) = build_webhooks(
+        webhook_handlers, resources=[resource], name_suffix="x", client_config=client
+    )
+    (hook,) = one(render(), "ValidatingWebhookConfiguration")["webhooks"]
+    assert hook["clientConfig"]["service"]["path"] == kopf_hook["clientConfig"]["service"]["path"]
+    assert hook["failurePolicy"] == kopf_hook["failurePolicy"] == "Fail"
+    assert hook["sideEffects"] == kopf_hook["sideEffects"]
+    (rule,) = hook["rules"]
+    (kopf_rule,) = kopf_hook["rules"]
+    for key in ("apiGroups", "apiVersions", "resources"):
+        assert rule[key] == kopf_rule[key]
+    assert sorted(rule["operations"]) == sorted(kopf_rule["operations"]) == ["CREATE", "UPDATE"]
+    assert set(hook["admissionReviewVersions"]) <= set(kopf_hook["admissionReviewVersions"])
+
+
+def test_webhook_tls_is_consistent(tmp_path) -> None:
+    import base64
+
+    objs = render()
+    secret = one(objs, "Secret", "dsa-operator-webhook-tls")
+    vwc = one(objs, "ValidatingWebhookConfiguration")
+    assert vwc["webhooks"][0]["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    for key in ("ca.crt", "tls.crt"):
+        (tmp_path / key).write_bytes(base64.b64decode(secret["data"][key]))
+    r = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"), str(tmp_path / "tls.crt")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(tmp_path / "tls.crt")],
+        capture_output=True,
+        text=True,
+    )
+    assert "DNS:dsa-operator-webhook.dsa-system.svc" in r.stdout, r.stdout
+
+
+def test_cert_manager_mode() -> None:
+    objs = render("webhook.certManager.enabled=true")
+    assert not find(objs, "Secret")
+    cert = one(objs, "Certificate")
+    assert cert["spec"]["secretName"] == "dsa-operator-webhook-tls"
+    assert one(objs, "Issuer")["spec"] == {"selfSigned": {}}
+    vwc = one(objs, "ValidatingWebhookConfiguration")
+    assert (
+        vwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "dsa-system/dsa-operator-webhook"
+    )
+    assert "caBundle" not in vwc["webhooks"][0]["clientConfig"]
+    objs = render(
+        "webhook.certManager.enabled=true",
+        "webhook.certManager.issuerRef.name=corp",
+        "webhook.certManager.issuerRef.kind=ClusterIssuer",
+    )
+    assert (
+        not find(objs, "Issuer") and one(objs, "Certificate")["spec"]["issuerRef"]["kind"] == "ClusterIssuer"
+    )
+
+
+def test_webhook_disabled() -> None:
+    objs = render("webhook.enabled=false")
+    assert not find(objs, "ValidatingWebhookConfiguration") and not find(objs, "Secret")
+    assert not find(objs, "Service")
+    assert not any(a.startswith("--webhook") for a in container(objs)["args"])
+
+
+def test_helm_test_hook() -> None:
+    objs = render()
+    pod = one(objs, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    c = pod["spec"]["containers"][0]
+    assert c["image"] == container(objs)["image"] and c["command"] == ["python", "-c"]
+    assert c["args"][0] == (CHART / "files/smoke_test.py").read_text()
+    (role,) = [o for o in find(objs, "Role") if o["metadata"]["name"].endswith("-test")]
+    assert role["rules"] == [
+        {"apiGroups": ["serving.dsa.dev"], "resources": ["dsamodels"], "verbs": ["list", "create"]}
+    ]
+    assert not find(render("tests.enabled=false"), "Pod")
