@@ -69,7 +69,8 @@ DEFAULT_CONTROLLERS = (
     "serviceaccount-controller",
     "serviceaccount-token-controller",
     "pod-garbage-collector-controller",
-    "root-ca-certificate-publisher-controller",
+    "root-ca-certificate-publisher-controller",  # kube-root-ca.crt ConfigMaps, as in a real cluster
+    "clusterrole-aggregation-controller",  # fills the aggregated admin/edit/view ClusterRoles
 )
 
 K8S_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
@@ -564,6 +565,9 @@ class Cluster:
             f"--service-account-signing-key-file={p / 'sa.key'}",
             # No kubelet/endpoints: do not try to publish 127.0.0.1 as the kubernetes Service endpoint.
             "--endpoint-reconciler-type=none",
+            # TaintNodesByCondition puts node.kubernetes.io/not-ready:NoSchedule on every new Node and
+            # only node-lifecycle-controller (not run: no kubelets) would lift it.
+            "--disable-admission-plugins=TaintNodesByCondition",
             "--profiling=false",
         ])
 
