@@ -1,0 +1,109 @@
+"""Runs the real operator (`python -m dsa_operator run`) against the test cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.cluster.harness import _free_ports
+
+ROOT = Path(__file__).resolve().parents[2]
+WEBHOOK_CONFIG = "dsa-operator.serving.dsa.dev"
+
+
+class Operator:
+    """One operator process; `logs()` reads what it printed."""
+
+    def __init__(
+        self,
+        cluster,
+        kubeconfig: Path,
+        name: str = "operator",
+        webhook: bool = True,
+        extra: tuple[str, ...] = (),
+    ):
+        self.cluster = cluster
+        self.kubeconfig = kubeconfig
+        self.log_file = cluster.workdir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.webhook = webhook
+        self.extra = extra
+        self.liveness_port, self.webhook_port = _free_ports(2)
+
+    def start(self) -> Operator:
+        args = [
+            sys.executable,
+            "-m",
+            "dsa_operator",
+            "run",
+            f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
+            *self.extra,
+        ]
+        if self.webhook:
+            cert, key = self.cluster.mint_serving_cert("operator-webhook")
+            args += [
+                f"--webhook-port={self.webhook_port}",
+                "--webhook-addr=127.0.0.1",
+                "--webhook-host=127.0.0.1",
+                f"--webhook-cert={cert}",
+                f"--webhook-key={key}",
+                f"--webhook-managed={WEBHOOK_CONFIG}",
+            ]
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1")
+        self.out = open(self.log_file, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            args, stdout=self.out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+        )
+        return self
+
+    def wait_webhook(self, timeout: float = 60) -> None:
+        """Until the API server has the webhook configuration kopf keeps (caBundle included)."""
+
+        def configured():
+            r = self.cluster.kubectl(
+                "get", "validatingwebhookconfiguration", WEBHOOK_CONFIG, "-o", "json", check=False
+            )
+            return r.returncode == 0 and json.loads(r.stdout).get("webhooks")
+
+        self.cluster.wait_for(configured, timeout=timeout, what="the operator's webhook configuration")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if self.proc:
+            self.out.close()
+
+    def logs(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def wait_phase(cluster, name: str, ns: str, phase: str, timeout: float = 60) -> dict:
+    def check():
+        r = cluster.kubectl("get", "dsamodel", name, "-n", ns, "-o", "json", check=False)
+        if r.returncode:
+            return None
+        obj = json.loads(r.stdout)
+        return obj if obj.get("status", {}).get("phase") == phase else None
+
+    try:
+        return cluster.wait_for(check, timeout=timeout, interval=0.2, what=f"{ns}/{name} phase {phase}")
+    except TimeoutError:
+        r = cluster.kubectl("get", "dsamodel", name, "-n", ns, "-o", "yaml", check=False)
+        raise TimeoutError(f"{ns}/{name} never reached {phase}:\n{r.stdout}") from None
+
+
+def now() -> float:
+    return time.monotonic()

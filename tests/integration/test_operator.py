@@ -1,0 +1,313 @@
+"""End to end: the operator on the real control plane with kwok GPU nodes, driven by kubectl."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+
+import pytest
+import yaml
+from dsa_operator import labels
+from dsa_operator.planner import plan
+
+from tests.integration.operator_proc import ROOT, Operator, wait_phase
+
+pytestmark = pytest.mark.integration
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="module")
+def op(cluster):
+    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/dsamodels.serving.dsa.dev", "--timeout=30s")
+    kubeconfig = cluster.mint_user("dsa-operator", groups=["system:masters"])
+    o = Operator(cluster, kubeconfig).start()
+    try:
+        o.wait_webhook()
+        yield o
+    finally:
+        o.stop()
+        assert "Traceback" not in o.logs(), o.logs()[-4000:]
+
+
+@pytest.fixture
+def ns(cluster):
+    name = f"t-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=60s", check=False)
+
+
+def apply_example(cluster, ns: str, example: str) -> dict:
+    cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / f"{example}.yaml"))
+    return yaml.safe_load((EXAMPLES / f"{example}.yaml").read_text())
+
+
+def pods(cluster, ns: str, model: str, **extra: str) -> list[dict]:
+    sel = ",".join(f"{k}={v}" for k, v in {labels.MODEL: model, **extra}.items())
+    return cluster.kubectl_json("get", "pods", "-n", ns, "-l", sel)["items"]
+
+
+def planned_pods(manifest: dict, ns: str) -> dict:
+    m = json.loads(json.dumps(manifest))
+    m["metadata"]["namespace"] = ns
+    return {(p.role, p.group, p.rank): p.model_dump() for p in plan(m).pods}
+
+
+def assert_pods_carry_plan(cluster, ns: str, manifest: dict) -> None:
+    """Each pod's mounted plan has, for its own role/group/rank, exactly the planner's argv and env."""
+    want = planned_pods(manifest, ns)
+    name = manifest["metadata"]["name"]
+    seen = set()
+    for pod in pods(cluster, ns, name):
+        spec = pod["spec"]
+        env = {e["name"]: e for e in spec["containers"][0].get("env", [])}
+        role = env["DSA_ROLE"]["value"]
+        cm_name = next(v["configMap"]["name"] for v in spec["volumes"] if v["name"] == "plan")
+        doc = json.loads(cluster.kubectl_json("get", "configmap", cm_name, "-n", ns)["data"]["plan.json"])
+        if role == "router":
+            entry = next(p for p in doc["pods"] if p["role"] == "router")
+            assert entry["argv"] == want[("router", 0, 0)]["argv"]
+            continue
+        group = int(env["DSA_GROUP"]["value"])
+        rank = int(pod["metadata"]["labels"][labels.POD_INDEX])
+        assert (
+            env["DSA_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == f"metadata.labels['{labels.POD_INDEX}']"
+        )
+        entry = next(p for p in doc["pods"] if (p["role"], p["group"], p["rank"]) == (role, group, rank))
+        assert entry["argv"] == want[(role, group, rank)]["argv"]
+        assert entry["env"] == want[(role, group, rank)]["env"]
+        seen.add((role, group, rank))
+    assert seen == {k for k in want if k[0] != "router"}
+
+
+def test_unified_tp_dp_on_one_node(cluster, op, ns):
+    m = apply_example(cluster, ns, "01-tp-dp-attention")
+    obj = wait_phase(cluster, "dsv32-exp-tp-dp", ns, "Ready")
+    assert obj["status"]["endpoint"] == f"http://dsv32-exp-tp-dp.{ns}.svc:30000/v1"
+    assert obj["status"]["readyGroups"] == "1/1"
+    assert obj["status"]["plan"]["roles"]["serving"]["prefillKernel"] == "flashmla_sparse"
+    svc = cluster.kubectl_json("get", "service", "dsv32-exp-tp-dp", "-n", ns)
+    assert svc["spec"]["selector"][labels.POD_INDEX] == "0"
+    assert_pods_carry_plan(cluster, ns, m)
+    printed = cluster.kubectl("get", "dsamodels", "-n", ns).stdout
+    assert "Ready" in printed and "1/1" in printed
+
+
+def test_pd_with_pp_cp_prefill_ep_decode_and_router(cluster, op, ns):
+    m = apply_example(cluster, ns, "19-pd-pp-cp")
+    obj = wait_phase(cluster, "dsv32-pd-pp-cp", ns, "Ready")
+    assert obj["status"]["endpoint"] == f"http://dsv32-pd-pp-cp.{ns}.svc:8000/v1"
+    prefill = pods(cluster, ns, "dsv32-pd-pp-cp", **{labels.ROLE: "prefill"})
+    assert len(prefill) == 2 and len({p["spec"]["nodeName"] for p in prefill}) == 2
+    assert all(p["metadata"]["annotations"][labels.BOOTSTRAP_PORT] == "8998" for p in prefill)
+    assert len(pods(cluster, ns, "dsv32-pd-pp-cp", **{labels.ROLE: "decode"})) == 1
+    role = cluster.kubectl_json("get", "role", "dsv32-pd-pp-cp-router", "-n", ns)
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    dep = cluster.kubectl_json("get", "deployment", "dsv32-pd-pp-cp-router", "-n", ns)
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "dsv32-pd-pp-cp-router"
+    assert_pods_carry_plan(cluster, ns, m)
+
+
+def test_glm5_with_index_cache(cluster, op, ns):
+    m = apply_example(cluster, ns, "10-glm5-indexcache")
+    wait_phase(cluster, "glm5-indexcache", ns, "Ready")
+    assert_pods_carry_plan(cluster, ns, m)
+
+
+def test_invalid_model_is_refused_with_field_path(cluster, op, ns):
+    bad = yaml.safe_load((EXAMPLES / "17-pp-cp.yaml").read_text())
+    bad["spec"]["serving"]["parallelism"]["tp"] = 3
+    r = cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(bad), check=False)
+    assert r.returncode != 0
+    assert "spec.serving.parallelism.tp" in r.stderr and "whole number" in r.stderr
+    both = yaml.safe_load((EXAMPLES / "12-pd.yaml").read_text())
+    both["spec"]["serving"] = both["spec"]["prefill"]
+    r = cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(both), check=False)
+    assert r.returncode != 0 and "serving" in r.stderr
+    assert cluster.kubectl_json("get", "dsamodels,statefulsets", "-n", ns)["items"] == []
+
+
+def test_killing_rank1_restarts_the_whole_group(cluster, op, ns):
+    apply_example(cluster, ns, "17-pp-cp")
+    wait_phase(cluster, "dsv32-pp-cp", ns, "Ready")
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods(cluster, ns, "dsv32-pp-cp")}
+    assert len(before) == 2
+    cluster.kubectl("delete", "pod", "dsv32-pp-cp-serving-0-1", "-n", ns, "--wait=false")
+
+    def both_replaced():
+        now = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods(cluster, ns, "dsv32-pp-cp")}
+        return len(now) == 2 and all(now[n] != before[n] for n in now)
+
+    cluster.wait_for(both_replaced, timeout=30, what="rank 0 and rank 1 both recreated")
+    wait_phase(cluster, "dsv32-pp-cp", ns, "Ready")
+    events = cluster.kubectl_json("get", "events", "-n", ns, "--field-selector", "reason=GroupFailed")[
+        "items"
+    ]
+    assert events and "serving-0" in events[0]["message"]
+
+
+def test_status_follows_a_pod_within_two_seconds(cluster, op, ns):
+    apply_example(cluster, ns, "03-pure-tp")
+    wait_phase(cluster, "dsv32-exp-tp", ns, "Ready")
+    t0 = time.monotonic()
+    cluster.kubectl("delete", "pod", "dsv32-exp-tp-serving-0-0", "-n", ns, "--wait=false")
+
+    def not_ready():
+        s = cluster.kubectl_json("get", "dsamodel", "dsv32-exp-tp", "-n", ns).get("status", {})
+        return s.get("readyGroups") == "0/1"
+
+    cluster.wait_for(not_ready, timeout=10, interval=0.05, what="status to show the lost pod")
+    delay = time.monotonic() - t0
+    print(f"\nFIGURE status reflected a pod deletion after {delay:.2f} s")
+    assert delay < 2.0
+
+
+def test_spec_change_rolls_group_by_group(cluster, op, ns):
+    m = yaml.safe_load((EXAMPLES / "03-pure-tp.yaml").read_text())
+    m["spec"]["serving"]["replicas"] = 3
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(m))
+    wait_phase(cluster, "dsv32-exp-tp", ns, "Ready", timeout=60)
+    uids = {
+        p["metadata"]["labels"][labels.GROUP]: p["metadata"]["uid"] for p in pods(cluster, ns, "dsv32-exp-tp")
+    }
+    m["spec"]["serving"]["maxRunningRequests"] = 64
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(m))
+    order: list[str] = []
+    down_at_once = 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        current = pods(cluster, ns, "dsv32-exp-tp")
+        live = {
+            p["metadata"]["labels"][labels.GROUP]: p
+            for p in current
+            if not p["metadata"].get("deletionTimestamp")
+        }
+        down = [g for g in uids if g not in live or not _ready(live[g])]
+        down_at_once = max(down_at_once, len(down))
+        for g, p in live.items():
+            if p["metadata"]["uid"] != uids[g] and g not in order:
+                order.append(g)
+        if len(order) == 3 and not down:
+            break
+        time.sleep(0.1)
+    print(f"\nFIGURE rollout order of groups: {order}; most groups down at once: {down_at_once}")
+    assert sorted(order) == ["0", "1", "2"]
+    assert down_at_once <= 1
+    wait_phase(cluster, "dsv32-exp-tp", ns, "Ready")
+
+
+def _ready(pod: dict) -> bool:
+    return any(
+        c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", [])
+    )
+
+
+def test_too_few_gpus_shows_in_a_condition(cluster, op, ns):
+    m = yaml.safe_load((EXAMPLES / "03-pure-tp.yaml").read_text())
+    m["spec"]["serving"]["parallelism"]["pp"] = 8  # 8 nodes of 8 GPUs: more than the cluster has
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(m))
+
+    def unschedulable():
+        s = cluster.kubectl_json("get", "dsamodel", "dsv32-exp-tp", "-n", ns).get("status", {})
+        c = next((c for c in s.get("conditions", []) if c["type"] == "Scheduled"), None)
+        return c if c and c["status"] == "False" else None
+
+    c = cluster.wait_for(unschedulable, timeout=30, what="an Unschedulable condition")
+    assert c["reason"] == "Unschedulable"
+    assert "dsv32-exp-tp-serving-0-" in c["message"] and "nvidia.com/gpu" in c["message"]
+
+
+def test_deleting_the_model_removes_everything(cluster, op, ns):
+    apply_example(cluster, ns, "12-pd")
+    wait_phase(cluster, "dsv32-exp-pd", ns, "Ready")
+    cluster.kubectl("delete", "dsamodel", "dsv32-exp-pd", "-n", ns)
+    sel = f"{labels.MODEL}=dsv32-exp-pd"
+
+    def gone():
+        left = cluster.kubectl_json(
+            "get",
+            "statefulsets,deployments,services,configmaps,serviceaccounts,roles,rolebindings,pods",
+            "-n",
+            ns,
+            "-l",
+            sel,
+        )["items"]
+        return not left
+
+    cluster.wait_for(gone, timeout=60, what="every child to be garbage-collected")
+
+
+def test_operator_restarted_mid_reconcile_converges(cluster, op, ns):
+    op.stop(signal.SIGKILL)
+    m = apply_example(cluster, ns, "19-pd-pp-cp")
+    restarted = Operator(cluster, op.kubeconfig, name="operator-restart", webhook=False).start()
+    try:
+        cluster.wait_for(lambda: cluster.kubectl_json("get", "statefulsets", "-n", ns)["items"], timeout=30)
+        restarted.stop(signal.SIGKILL)  # killed somewhere inside its first reconcile
+        again = Operator(cluster, op.kubeconfig, name="operator-restart-2", webhook=False).start()
+        try:
+            wait_phase(cluster, "dsv32-pd-pp-cp", ns, "Ready", timeout=60)
+            _assert_inventory(cluster, ns, m)
+        finally:
+            again.stop()
+    finally:
+        op.start()
+        op.wait_webhook()
+
+
+def _assert_inventory(cluster, ns: str, manifest: dict) -> None:
+    from dsa_operator.api import parse_spec
+    from dsa_operator.render import render
+
+    m = json.loads(json.dumps(manifest))
+    m["metadata"]["namespace"] = ns
+    owner = cluster.kubectl_json("get", "dsamodel", m["metadata"]["name"], "-n", ns)
+    want = {(o["kind"], o["metadata"]["name"]) for o in render(plan(m), parse_spec(m["spec"]), owner)}
+    items = cluster.kubectl_json(
+        "get",
+        "statefulsets,deployments,services,configmaps,serviceaccounts,roles,rolebindings",
+        "-n",
+        ns,
+        "-l",
+        f"{labels.MODEL}={m['metadata']['name']}",
+    )["items"]
+    have = {(o["kind"], o["metadata"]["name"]) for o in items}
+    assert have == want
+
+
+def test_two_replicas_only_one_acts(cluster, op, ns):
+    op.stop()
+    a = Operator(
+        cluster,
+        op.kubeconfig,
+        name="ha-a",
+        webhook=False,
+        extra=("--leader-elect", f"--leader-namespace={ns}"),
+    ).start()
+    b = Operator(
+        cluster,
+        op.kubeconfig,
+        name="ha-b",
+        webhook=False,
+        extra=("--leader-elect", f"--leader-namespace={ns}"),
+    ).start()
+    try:
+        apply_example(cluster, ns, "03-pure-tp")
+        wait_phase(cluster, "dsv32-exp-tp", ns, "Ready")
+        acting = [o for o in (a, b) if "applying" in o.logs()]
+        assert len(acting) == 1, [o.logs()[-2000:] for o in (a, b)]
+        leader, follower = acting[0], next(o for o in (a, b) if o is not acting[0])
+        leader.stop(signal.SIGKILL)
+        m = yaml.safe_load((EXAMPLES / "03-pure-tp.yaml").read_text())
+        m["spec"]["serving"]["replicas"] = 2
+        cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(m))
+        cluster.wait_for(lambda: "applying" in follower.logs(), timeout=60, what="the follower to take over")
+        wait_phase(cluster, "dsv32-exp-tp", ns, "Ready", timeout=60)
+    finally:
+        a.stop()
+        b.stop()
+        op.start()
+        op.wait_webhook()
