@@ -1,5 +1,4 @@
 import pytest
-
 from dsa_runtime import kernels as K
 from dsa_runtime.errors import ExitCode, RuntimeFailure
 
@@ -43,8 +42,8 @@ def test_blackwell_kernel_on_hopper_names_the_fix():
 
 def test_fa3_on_blackwell_fails():
     choices = K.resolve("sm100", "fa3", "trtllm", "bf16", "dsa")
-    with pytest.raises(RuntimeFailure, match="spec.decode.kernels.prefill to flashmla_sparse"):
-        K.check_compatible("sm100", choices, "dsa", "spec.decode")
+    with pytest.raises(RuntimeFailure, match=r"spec\.decode\.kernels\.prefill to flashmla_sparse"):
+        K.check_compatible("sm100", choices, "dsa", "spec.decode", "bf16")
 
 
 def test_modules_needed():

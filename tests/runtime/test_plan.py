@@ -1,9 +1,9 @@
 import json
 
 import pytest
-
 from dsa_runtime import plan as P
 from dsa_runtime.errors import ExitCode, RuntimeFailure
+
 from tests.runtime.conftest import make_plan
 
 
