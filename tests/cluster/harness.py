@@ -257,6 +257,20 @@ class ClusterError(RuntimeError):
     pass
 
 
+WORKDIR_PREFIX = "dsa-cluster-"
+
+
+def _sweep_stale_workdirs() -> None:
+    """Remove work directories of clusters whose owning process is gone (e.g. SIGKILLed)."""
+    for d in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
+        try:
+            pid = int((d / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- the cluster
 @dataclass
 class Cluster:
@@ -321,8 +335,10 @@ class Cluster:
         t0 = time.monotonic()
         deadline = t0 + timeout
         if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="dsa-cluster-"))
+            _sweep_stale_workdirs()
+            self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         self.workdir = Path(self.workdir)
+        (self.workdir / "owner.pid").write_text(str(os.getpid()))
         self.pki = self.workdir / "pki"
         self.logs = self.workdir / "logs"
         for d in (self.pki, self.logs, self.workdir / "kube-cache"):
@@ -687,12 +703,15 @@ class Cluster:
 
 # --------------------------------------------------------------------------- signal handling
 def install_signal_handlers() -> None:
-    """Turn SIGTERM/SIGHUP into SystemExit so finalizers and atexit hooks run (main thread only)."""
+    """Turn SIGTERM/SIGHUP into KeyboardInterrupt (main thread only), so pytest stops the session
+    as for Ctrl-C and fixture finalizers and atexit hooks still run. SIGKILL cannot be caught:
+    children die with their parent through PR_SET_PDEATHSIG, and the next start() removes the
+    work directory left behind."""
     if threading.current_thread() is not threading.main_thread():
         return
 
     def handler(signum, frame):
-        raise SystemExit(128 + signum)
+        raise KeyboardInterrupt(f"signal {signum}")
 
     for s in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(s) in (signal.SIG_DFL, None):
