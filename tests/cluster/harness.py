@@ -24,6 +24,7 @@ DSA_CLUSTER_BIN_DIR overrides where they are looked up (files named without vers
 Certificates are made with the ``cryptography`` package when importable, else the openssl CLI.
 Set DSA_CLUSTER_KEEP=1 to keep the work directory (logs, certs) after teardown.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -109,8 +110,7 @@ def ensure_binaries(quiet: bool = False) -> dict[str, Path]:
             raise RuntimeError(f"DSA_CLUSTER_BIN_DIR lacks {missing}")
         return paths
     if not all(os.access(p, os.X_OK) for p in paths.values()) or not (STATE_DIR / "bin").is_dir():
-        subprocess.run(["bash", str(BUILD_SH)], check=True,
-                       stdout=subprocess.DEVNULL if quiet else None)
+        subprocess.run(["bash", str(BUILD_SH)], check=True, stdout=subprocess.DEVNULL if quiet else None)
     return paths
 
 
@@ -126,10 +126,11 @@ class _CertMaker:
         self.dir = dir
         try:
             import cryptography  # noqa: F401
+
             self.backend = "cryptography"
         except ImportError:
             if not shutil.which("openssl"):
-                raise RuntimeError("need the 'cryptography' package or the openssl CLI")
+                raise RuntimeError("need the 'cryptography' package or the openssl CLI") from None
             self.backend = "openssl"
 
     # returns (cert_path, key_path)
@@ -139,14 +140,39 @@ class _CertMaker:
             self._crypto_cert(crt, key, cn, [], None, is_ca=True)
         else:
             self._ossl_key(key)
-            self._ossl(["req", "-x509", "-new", "-key", key, "-sha256", "-days", "3650",
-                        "-subj", f"/CN={cn}", "-out", crt,
-                        "-addext", "basicConstraints=critical,CA:TRUE",
-                        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"])
+            self._ossl(
+                [
+                    "req",
+                    "-x509",
+                    "-new",
+                    "-key",
+                    key,
+                    "-sha256",
+                    "-days",
+                    "3650",
+                    "-subj",
+                    f"/CN={cn}",
+                    "-out",
+                    crt,
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+                ]
+            )
         return crt, key
 
-    def leaf(self, name: str, cn: str, orgs: Sequence[str] = (), *, ca: tuple[Path, Path],
-             server: bool = False, dns: Sequence[str] = (), ips: Sequence[str] = ()) -> tuple[Path, Path]:
+    def leaf(
+        self,
+        name: str,
+        cn: str,
+        orgs: Sequence[str] = (),
+        *,
+        ca: tuple[Path, Path],
+        server: bool = False,
+        dns: Sequence[str] = (),
+        ips: Sequence[str] = (),
+    ) -> tuple[Path, Path]:
         crt, key = self.dir / f"{name}.crt", self.dir / f"{name}.key"
         if self.backend == "cryptography":
             self._crypto_cert(crt, key, cn, orgs, ca, server=server, dns=dns, ips=ips)
@@ -155,15 +181,35 @@ class _CertMaker:
         csr, ext = self.dir / f"{name}.csr", self.dir / f"{name}.ext"
         subj = f"/CN={cn}" + "".join(f"/O={o}" for o in orgs)
         self._ossl(["req", "-new", "-key", key, "-subj", subj, "-out", csr])
-        lines = ["basicConstraints=critical,CA:FALSE",
-                 "keyUsage=critical,digitalSignature,keyEncipherment",
-                 "extendedKeyUsage=" + ("serverAuth,clientAuth" if server else "clientAuth")]
+        lines = [
+            "basicConstraints=critical,CA:FALSE",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+            "extendedKeyUsage=" + ("serverAuth,clientAuth" if server else "clientAuth"),
+        ]
         sans = [f"DNS:{d}" for d in dns] + [f"IP:{i}" for i in ips]
         if sans:
             lines.append("subjectAltName=" + ",".join(sans))
         ext.write_text("\n".join(lines) + "\n")
-        self._ossl(["x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
-                    "-days", "3650", "-sha256", "-extfile", ext, "-out", crt])
+        self._ossl(
+            [
+                "x509",
+                "-req",
+                "-in",
+                csr,
+                "-CA",
+                ca[0],
+                "-CAkey",
+                ca[1],
+                "-CAcreateserial",
+                "-days",
+                "3650",
+                "-sha256",
+                "-extfile",
+                ext,
+                "-out",
+                crt,
+            ]
+        )
         csr.unlink()
         ext.unlink()
         return crt, key
@@ -178,8 +224,9 @@ class _CertMaker:
             raise RuntimeError(f"openssl {args[0]} failed: {r.stderr.strip()}")
 
     @staticmethod
-    def _crypto_cert(crt: Path, key: Path, cn: str, orgs: Sequence[str], ca, *, is_ca=False,
-                     server=False, dns=(), ips=()) -> None:
+    def _crypto_cert(
+        crt: Path, key: Path, cn: str, orgs: Sequence[str], ca, *, is_ca=False, server=False, dns=(), ips=()
+    ) -> None:
         import datetime
 
         from cryptography import x509
@@ -188,34 +235,46 @@ class _CertMaker:
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
         k = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-                         + [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs])
+        name = x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+            + [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
+        )
         if ca is None:
             issuer, signer = name, k
         else:
             ca_cert = x509.load_pem_x509_certificate(Path(ca[0]).read_bytes())
             issuer = ca_cert.subject
             signer = serialization.load_pem_private_key(Path(ca[1]).read_bytes(), None)
-        now = datetime.datetime.now(datetime.timezone.utc)
-        b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer)
-             .public_key(k.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - datetime.timedelta(minutes=5))
-             .not_valid_after(now + datetime.timedelta(days=3650))
-             .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True))
+        now = datetime.datetime.now(datetime.UTC)
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer)
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        )
         if is_ca:
-            b = b.add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False),
-                                critical=True)
+            b = b.add_extension(
+                x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+            )
         else:
-            b = b.add_extension(x509.KeyUsage(True, True, False, False, False, False, False, False, False),
-                                critical=True)
+            b = b.add_extension(
+                x509.KeyUsage(True, True, False, False, False, False, False, False, False), critical=True
+            )
             usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if server else [])
             b = b.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
             if sans:
                 b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert = b.sign(signer, hashes.SHA256())
-        key.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption()))
+        key.write_bytes(
+            k.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
@@ -236,6 +295,7 @@ def _free_ports(n: int) -> list[int]:
 def _pdeathsig() -> None:  # runs in the child before exec: die with the parent (Linux)
     try:
         import ctypes
+
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:
         pass
@@ -317,7 +377,7 @@ class Cluster:
         return _b64(self.ca_cert_path.read_bytes())
 
     # ---- lifecycle --------------------------------------------------------------------
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         self.start()
         return self
 
@@ -328,7 +388,7 @@ class Cluster:
         if self.verbose:
             print(f"[cluster] {msg}", file=sys.stderr, flush=True)
 
-    def start(self, timeout: float = 90) -> "Cluster":
+    def start(self, timeout: float = 90) -> Cluster:
         missing = [n for n, p in self.bins.items() if not os.access(p, os.X_OK)]
         if missing:
             raise ClusterError(f"missing binaries {missing}: run tests/cluster/build.sh")
@@ -347,15 +407,26 @@ class Cluster:
         self._started = True
         try:
             self._make_certs()
-            (self.etcd_port, self.etcd_peer_port, self.api_port, self.kcm_port,
-             self.sched_port, self.kwok_port) = _free_ports(6)
+            (
+                self.etcd_port,
+                self.etcd_peer_port,
+                self.api_port,
+                self.kcm_port,
+                self.sched_port,
+                self.kwok_port,
+            ) = _free_ports(6)
             self.api_url = f"https://127.0.0.1:{self.api_port}"
             self.kubeconfig = self.workdir / "admin.kubeconfig"
-            self._write_cert_kubeconfig(self.kubeconfig, ADMIN_USER, self.pki / "admin.crt",
-                                        self.pki / "admin.key")
+            self._write_cert_kubeconfig(
+                self.kubeconfig, ADMIN_USER, self.pki / "admin.crt", self.pki / "admin.key"
+            )
             for comp in ("kcm", "scheduler", "kwok"):
-                self._write_cert_kubeconfig(self.workdir / f"{comp}.kubeconfig", comp,
-                                            self.pki / f"{comp}.crt", self.pki / f"{comp}.key")
+                self._write_cert_kubeconfig(
+                    self.workdir / f"{comp}.kubeconfig",
+                    comp,
+                    self.pki / f"{comp}.crt",
+                    self.pki / f"{comp}.key",
+                )
             self._start_etcd()
             self._wait(lambda: self._http_ok(f"http://127.0.0.1:{self.etcd_port}/health"), "etcd", deadline)
             self._start_apiserver()
@@ -364,22 +435,35 @@ class Cluster:
             self._start_scheduler()
             self._start_kwok()
             self._create_nodes()
-            self._wait(lambda: self._https_ok(f"https://127.0.0.1:{self.kcm_port}/healthz", insecure=True),
-                       "kube-controller-manager", deadline)
-            self._wait(lambda: self._https_ok(f"https://127.0.0.1:{self.sched_port}/healthz", insecure=True),
-                       "kube-scheduler", deadline)
+            self._wait(
+                lambda: self._https_ok(f"https://127.0.0.1:{self.kcm_port}/healthz", insecure=True),
+                "kube-controller-manager",
+                deadline,
+            )
+            self._wait(
+                lambda: self._https_ok(f"https://127.0.0.1:{self.sched_port}/healthz", insecure=True),
+                "kube-scheduler",
+                deadline,
+            )
             self._wait(lambda: self._http_ok(f"http://127.0.0.1:{self.kwok_port}/healthz"), "kwok", deadline)
             self._wait(self._nodes_ready, f"{self.nodes} nodes Ready", deadline)
-            self._wait(lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default",
-                                            check=False).returncode == 0,
-                       "default ServiceAccount", deadline)
+            self._wait(
+                lambda: (
+                    self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode
+                    == 0
+                ),
+                "default ServiceAccount",
+                deadline,
+            )
         except BaseException:
             self._dump_logs()
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - t0
-        self._say(f"control plane ready in {self.startup_seconds:.1f}s at {self.api_url} "
-                  f"(kubeconfig {self.kubeconfig})")
+        self._say(
+            f"control plane ready in {self.startup_seconds:.1f}s at {self.api_url} "
+            f"(kubeconfig {self.kubeconfig})"
+        )
         return self
 
     def stop(self) -> None:
@@ -410,15 +494,27 @@ class Cluster:
         return [p.popen.pid for p in self._procs]
 
     # ---- helpers for tests ------------------------------------------------------------
-    def kubectl(self, *args: str, kubeconfig: Path | str | None = None, check: bool = True,
-                input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    def kubectl(
+        self,
+        *args: str,
+        kubeconfig: Path | str | None = None,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess:
         """Run kubectl against this cluster (admin unless kubeconfig is given); text output."""
-        cmd = [str(self.kubectl_path), f"--kubeconfig={kubeconfig or self.kubeconfig}",
-               f"--cache-dir={self.workdir / 'kube-cache'}", *map(str, args)]
+        cmd = [
+            str(self.kubectl_path),
+            f"--kubeconfig={kubeconfig or self.kubeconfig}",
+            f"--cache-dir={self.workdir / 'kube-cache'}",
+            *map(str, args),
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout)
         if check and r.returncode != 0:
-            raise ClusterError(f"kubectl {' '.join(map(str, args))} failed ({r.returncode}): "
-                               f"{r.stderr.strip() or r.stdout.strip()}")
+            raise ClusterError(
+                f"kubectl {' '.join(map(str, args))} failed ({r.returncode}): "
+                f"{r.stderr.strip() or r.stdout.strip()}"
+            )
         return r
 
     def kubectl_json(self, *args: str, **kw) -> dict:
@@ -433,33 +529,39 @@ class Cluster:
         return self.kubectl("apply", "-f", "-", input=manifest, **kw)
 
     def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig),
-                   HELM_CACHE_HOME=str(self.workdir / "helm/cache"),
-                   HELM_CONFIG_HOME=str(self.workdir / "helm/config"),
-                   HELM_DATA_HOME=str(self.workdir / "helm/data"))
-        r = subprocess.run([str(self.helm_path), *map(str, args)], capture_output=True, text=True,
-                           env=env, timeout=timeout)
+        env = dict(
+            os.environ,
+            KUBECONFIG=str(self.kubeconfig),
+            HELM_CACHE_HOME=str(self.workdir / "helm/cache"),
+            HELM_CONFIG_HOME=str(self.workdir / "helm/config"),
+            HELM_DATA_HOME=str(self.workdir / "helm/data"),
+        )
+        r = subprocess.run(
+            [str(self.helm_path), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
+        )
         if check and r.returncode != 0:
             raise ClusterError(f"helm {' '.join(args)} failed: {r.stderr.strip()}")
         return r
 
     def mint_user(self, name: str, groups: Iterable[str] = ()) -> Path:
-        """Client-cert user (CN=name, O=groups) with no rights beyond RBAC defaults; returns its kubeconfig."""
+        """Client-cert user (CN=name, O=groups), no rights beyond RBAC defaults; returns its kubeconfig."""
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         crt, key = self._certs.leaf(f"user-{safe}", name, list(groups), ca=self._ca)
         path = self.workdir / f"user-{safe}.kubeconfig"
         self._write_cert_kubeconfig(path, name, crt, key)
         return path
 
-    def create_token(self, namespace: str, serviceaccount: str, duration: str = "1h",
-                     audiences: Sequence[str] = ()) -> str:
+    def create_token(
+        self, namespace: str, serviceaccount: str, duration: str = "1h", audiences: Sequence[str] = ()
+    ) -> str:
         args = ["create", "token", serviceaccount, "-n", namespace, f"--duration={duration}"]
         args += [f"--audience={a}" for a in audiences]
         return self.kubectl(*args).stdout.strip()
 
-    def sa_kubeconfig(self, namespace: str, serviceaccount: str, duration: str = "1h",
-                      create: bool = True) -> Path:
-        """Kubeconfig authenticating as system:serviceaccount:<ns>:<sa> with a `kubectl create token` token."""
+    def sa_kubeconfig(
+        self, namespace: str, serviceaccount: str, duration: str = "1h", create: bool = True
+    ) -> Path:
+        """Kubeconfig for system:serviceaccount:<ns>:<sa>, with a `kubectl create token` token."""
         if create:
             self.kubectl("create", "serviceaccount", serviceaccount, "-n", namespace, check=False)
         token = self.create_token(namespace, serviceaccount, duration)
@@ -467,15 +569,18 @@ class Cluster:
         self._write_kubeconfig(path, f"system:serviceaccount:{namespace}:{serviceaccount}", {"token": token})
         return path
 
-    def mint_serving_cert(self, name: str, dns: Sequence[str] = ("localhost",),
-                          ips: Sequence[str] = ("127.0.0.1",)) -> tuple[Path, Path]:
+    def mint_serving_cert(
+        self, name: str, dns: Sequence[str] = ("localhost",), ips: Sequence[str] = ("127.0.0.1",)
+    ) -> tuple[Path, Path]:
         """A TLS serving cert signed by the cluster CA (use caBundle=ca_bundle_b64), e.g. for a
         webhook on https://127.0.0.1:<port>/... that the apiserver calls through `url:`."""
-        return self._certs.leaf(f"serving-{name}", dns[0] if dns else name, ca=self._ca, server=True,
-                                dns=dns, ips=ips)
+        return self._certs.leaf(
+            f"serving-{name}", dns[0] if dns else name, ca=self._ca, server=True, dns=dns, ips=ips
+        )
 
-    def wait_for(self, pred: Callable[[], object], timeout: float = 30, interval: float = 0.25,
-                 what: str = "condition"):
+    def wait_for(
+        self, pred: Callable[[], object], timeout: float = 30, interval: float = 0.25, what: str = "condition"
+    ):
         end = time.monotonic() + timeout
         last_exc = None
         while time.monotonic() < end:
@@ -483,11 +588,13 @@ class Cluster:
                 v = pred()
                 if v:
                     return v
-            except Exception as e:  # noqa: BLE001 - retried until timeout
+            except Exception as e:
                 last_exc = e
             time.sleep(interval)
-        raise TimeoutError(f"timed out after {timeout}s waiting for {what}"
-                           + (f" (last error: {last_exc})" if last_exc else ""))
+        raise TimeoutError(
+            f"timed out after {timeout}s waiting for {what}"
+            + (f" (last error: {last_exc})" if last_exc else "")
+        )
 
     def node_names(self) -> list[str]:
         return [f"{self.node_prefix}-{i}" for i in range(self.nodes)]
@@ -499,10 +606,20 @@ class Cluster:
     def _make_certs(self) -> None:
         self._certs = _CertMaker(self.pki)
         self._ca = self._certs.ca("ca", "dsa-test-ca")
-        self._certs.leaf("apiserver", "kube-apiserver", ca=self._ca, server=True,
-                         dns=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                              "kubernetes.default.svc.cluster.local"],
-                         ips=["127.0.0.1", str(ipaddress.ip_network(SERVICE_CIDR)[1])])
+        self._certs.leaf(
+            "apiserver",
+            "kube-apiserver",
+            ca=self._ca,
+            server=True,
+            dns=[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
+            ips=["127.0.0.1", str(ipaddress.ip_network(SERVICE_CIDR)[1])],
+        )
         self._certs.leaf("admin", ADMIN_USER, ["system:masters"], ca=self._ca)
         # Components get system:masters too: simplest, and RBAC for them is not under test.
         self._certs.leaf("kcm", "system:kube-controller-manager", ["system:masters"], ca=self._ca)
@@ -517,18 +634,34 @@ class Cluster:
         else:
             from cryptography.hazmat.primitives import serialization
             from cryptography.hazmat.primitives.asymmetric import ec
+
             k = ec.generate_private_key(ec.SECP256R1())
-            sa.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-            pub.write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM,
-                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
+            sa.write_bytes(
+                k.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+            pub.write_bytes(
+                k.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
 
     def _write_kubeconfig(self, path: Path, user: str, creds: dict) -> None:
         cfg = {
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "dsa-test", "cluster": {
-                "server": self.api_url,
-                "certificate-authority-data": _b64(self.ca_cert_path.read_bytes())}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "dsa-test",
+                    "cluster": {
+                        "server": self.api_url,
+                        "certificate-authority-data": _b64(self.ca_cert_path.read_bytes()),
+                    },
+                }
+            ],
             "users": [{"name": user, "user": creds}],
             "contexts": [{"name": "dsa-test", "context": {"cluster": "dsa-test", "user": user}}],
             "current-context": "dsa-test",
@@ -537,103 +670,152 @@ class Cluster:
         path.chmod(0o600)
 
     def _write_cert_kubeconfig(self, path: Path, user: str, crt: Path, key: Path) -> None:
-        self._write_kubeconfig(path, user, {"client-certificate-data": _b64(crt.read_bytes()),
-                                            "client-key-data": _b64(key.read_bytes())})
+        self._write_kubeconfig(
+            path,
+            user,
+            {"client-certificate-data": _b64(crt.read_bytes()), "client-key-data": _b64(key.read_bytes())},
+        )
 
     def _spawn(self, name: str, args: list) -> None:
         log = self.logs / f"{name}.log"
-        fh = open(log, "ab")
-        try:
-            p = subprocess.Popen([str(a) for a in args], stdout=fh, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                 preexec_fn=_pdeathsig, cwd=self.workdir)
-        finally:
-            fh.close()
+        with open(log, "ab") as fh:
+            p = subprocess.Popen(
+                [str(a) for a in args],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_pdeathsig,
+                cwd=self.workdir,
+            )
         self._procs.append(_Proc(name, p, log))
 
     def _start_etcd(self) -> None:
         peer = f"http://127.0.0.1:{self.etcd_peer_port}"
         client = f"http://127.0.0.1:{self.etcd_port}"
-        self._spawn("etcd", [
-            self.bins["etcd"], "--name=default", f"--data-dir={self.workdir / 'etcd'}",
-            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=default={peer}", "--unsafe-no-fsync=true",
-            "--log-level=warn",
-        ])
+        self._spawn(
+            "etcd",
+            [
+                self.bins["etcd"],
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=default={peer}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
 
     def _start_apiserver(self) -> None:
         p = self.pki
-        self._spawn("kube-apiserver", [
-            self.bins["kube-apiserver"],
-            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={self.api_port}",
-            f"--cert-dir={self.workdir / 'apiserver-certs'}",
-            f"--tls-cert-file={p / 'apiserver.crt'}", f"--tls-private-key-file={p / 'apiserver.key'}",
-            f"--client-ca-file={p / 'ca.crt'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--allow-privileged=true",
-            "--authorization-mode=RBAC",
-            f"--service-account-issuer={SA_ISSUER}",
-            f"--api-audiences={SA_ISSUER}",
-            f"--service-account-key-file={p / 'sa.pub'}",
-            f"--service-account-signing-key-file={p / 'sa.key'}",
-            # No kubelet/endpoints: do not try to publish 127.0.0.1 as the kubernetes Service endpoint.
-            "--endpoint-reconciler-type=none",
-            # TaintNodesByCondition puts node.kubernetes.io/not-ready:NoSchedule on every new Node and
-            # only node-lifecycle-controller (not run: no kubelets) would lift it.
-            "--disable-admission-plugins=TaintNodesByCondition",
-            "--profiling=false",
-        ])
+        self._spawn(
+            "kube-apiserver",
+            [
+                self.bins["kube-apiserver"],
+                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.api_port}",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                f"--tls-cert-file={p / 'apiserver.crt'}",
+                f"--tls-private-key-file={p / 'apiserver.key'}",
+                f"--client-ca-file={p / 'ca.crt'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                "--authorization-mode=RBAC",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--api-audiences={SA_ISSUER}",
+                f"--service-account-key-file={p / 'sa.pub'}",
+                f"--service-account-signing-key-file={p / 'sa.key'}",
+                # No kubelet/endpoints: do not try to publish 127.0.0.1 as the kubernetes Service endpoint.
+                "--endpoint-reconciler-type=none",
+                # TaintNodesByCondition puts node.kubernetes.io/not-ready:NoSchedule on every new Node and
+                # only node-lifecycle-controller (not run: no kubelets) would lift it.
+                "--disable-admission-plugins=TaintNodesByCondition",
+                "--profiling=false",
+            ],
+        )
 
     def _start_kcm(self) -> None:
         kc = self.workdir / "kcm.kubeconfig"
-        self._spawn("kube-controller-manager", [
-            self.bins["kube-controller-manager"],
-            f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-            "--controllers=" + ",".join(self.controllers),
-            "--leader-elect=false", "--use-service-account-credentials=false",
-            f"--service-account-private-key-file={self.pki / 'sa.key'}",
-            f"--root-ca-file={self.pki / 'ca.crt'}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.kcm_port}",
-            f"--cert-dir={self.workdir / 'kcm-certs'}",
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                self.bins["kube-controller-manager"],
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--controllers=" + ",".join(self.controllers),
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+                f"--service-account-private-key-file={self.pki / 'sa.key'}",
+                f"--root-ca-file={self.pki / 'ca.crt'}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.kcm_port}",
+                f"--cert-dir={self.workdir / 'kcm-certs'}",
+            ],
+        )
 
     def _start_scheduler(self) -> None:
         kc = self.workdir / "scheduler.kubeconfig"
-        self._spawn("kube-scheduler", [
-            self.bins["kube-scheduler"],
-            f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={self.sched_port}",
-            f"--cert-dir={self.workdir / 'scheduler-certs'}",
-        ])
+        self._spawn(
+            "kube-scheduler",
+            [
+                self.bins["kube-scheduler"],
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.sched_port}",
+                f"--cert-dir={self.workdir / 'scheduler-certs'}",
+            ],
+        )
 
     def _start_kwok(self) -> None:
-        self._spawn("kwok", [
-            self.bins["kwok"], f"--kubeconfig={self.workdir / 'kwok.kubeconfig'}",
-            f"--config={KWOK_STAGES}",
-            "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            f"--cidr={POD_CIDR}", f"--node-ip={NODE_IP}",
-            f"--server-address=127.0.0.1:{self.kwok_port}",
-            "--node-lease-duration-seconds=40",
-        ])
+        self._spawn(
+            "kwok",
+            [
+                self.bins["kwok"],
+                f"--kubeconfig={self.workdir / 'kwok.kubeconfig'}",
+                f"--config={KWOK_STAGES}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                f"--cidr={POD_CIDR}",
+                f"--node-ip={NODE_IP}",
+                f"--server-address=127.0.0.1:{self.kwok_port}",
+                "--node-lease-duration-seconds=40",
+            ],
+        )
 
     def node_manifest(self, i: int) -> dict:
         name = f"{self.node_prefix}-{i}"
-        res = {"cpu": "128", "memory": "2Ti", "pods": "110", "ephemeral-storage": "10Ti",
-               "nvidia.com/gpu": str(self.gpus_per_node)}
+        res = {
+            "cpu": "128",
+            "memory": "2Ti",
+            "pods": "110",
+            "ephemeral-storage": "10Ti",
+            "nvidia.com/gpu": str(self.gpus_per_node),
+        }
         return {
-            "apiVersion": "v1", "kind": "Node",
+            "apiVersion": "v1",
+            "kind": "Node",
             "metadata": {
                 "name": name,
                 "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
                 "labels": {
-                    "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64", "type": "kwok",
-                    "topology.kubernetes.io/zone": self.zones[(i // max(1, self.nodes_per_rack)) % len(self.zones)]
-                                                   if self.zones else "zone-a",
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "type": "kwok",
+                    "topology.kubernetes.io/zone": self.zones[
+                        (i // max(1, self.nodes_per_rack)) % len(self.zones)
+                    ]
+                    if self.zones
+                    else "zone-a",
                     self.rack_label: f"rack-{i // max(1, self.nodes_per_rack)}",
                     "nvidia.com/gpu.product": self.gpu_product,
                     "nvidia.com/gpu.count": str(self.gpus_per_node),
@@ -650,8 +832,14 @@ class Cluster:
 
     def _nodes_ready(self) -> bool:
         items = self.kubectl_json("get", "nodes").get("items", [])
-        ready = [n for n in items if any(c["type"] == "Ready" and c["status"] == "True"
-                                         for c in n.get("status", {}).get("conditions", []))]
+        ready = [
+            n
+            for n in items
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in n.get("status", {}).get("conditions", [])
+            )
+        ]
         return len(ready) >= self.nodes
 
     def _ssl_ctx(self, insecure: bool = False) -> ssl.SSLContext:
@@ -678,8 +866,10 @@ class Cluster:
         while True:
             for p in self._procs:
                 if p.popen.poll() is not None:
-                    raise ClusterError(f"{p.name} exited with {p.popen.returncode} while waiting for "
-                                       f"{what}; log: {p.log}\n{self._tail(p.log)}")
+                    raise ClusterError(
+                        f"{p.name} exited with {p.popen.returncode} while waiting for "
+                        f"{what}; log: {p.log}\n{self._tail(p.log)}"
+                    )
             try:
                 if pred():
                     return
@@ -756,9 +946,16 @@ def cmd_supervise(args) -> int:
         shutil.copy(c.kubeconfig, STATE_DIR / "kubeconfig")
         (STATE_DIR / "kubeconfig").chmod(0o600)
         shutil.copy(c.ca_cert_path, STATE_DIR / "ca.crt")
-        state = {"pid": os.getpid(), "workdir": str(c.workdir), "api_url": c.api_url,
-                 "kubeconfig": str(STATE_DIR / "kubeconfig"), "ca": str(STATE_DIR / "ca.crt"),
-                 "pgids": c.pids, "startup_seconds": round(c.startup_seconds, 2), "nodes": c.node_names()}
+        state = {
+            "pid": os.getpid(),
+            "workdir": str(c.workdir),
+            "api_url": c.api_url,
+            "kubeconfig": str(STATE_DIR / "kubeconfig"),
+            "ca": str(STATE_DIR / "ca.crt"),
+            "pgids": c.pids,
+            "startup_seconds": round(c.startup_seconds, 2),
+            "nodes": c.node_names(),
+        }
         tmp = _state_file().with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(_state_file())
@@ -786,16 +983,23 @@ def cmd_up(args) -> int:
         _state_file().unlink()
     log = STATE_DIR / "harness.log"
     with open(log, "wb") as fh:
-        p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "_supervise",
-                              f"--nodes={args.nodes}"], stdout=fh, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
+        p = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "_supervise", f"--nodes={args.nodes}"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=ROOT,
+        )
     end = time.monotonic() + args.timeout
     while time.monotonic() < end:
         st = _read_state()
         if st and st["pid"] == p.pid:
-            print(f"cluster up in {st['startup_seconds']}s: {st['api_url']}\n"
-                  f"  kubeconfig: {st['kubeconfig']}\n  kubectl/helm: {STATE_DIR / 'bin'}\n"
-                  f"  logs: {st['workdir']}/logs (until `down`)")
+            print(
+                f"cluster up in {st['startup_seconds']}s: {st['api_url']}\n"
+                f"  kubeconfig: {st['kubeconfig']}\n  kubectl/helm: {STATE_DIR / 'bin'}\n"
+                f"  logs: {st['workdir']}/logs (until `down`)"
+            )
             return 0
         if p.poll() is not None:
             print(log.read_text(errors="replace")[-4000:], file=sys.stderr)
@@ -836,10 +1040,15 @@ def cmd_status(args) -> int:
     if not st or not _alive(st["pid"]):
         print("cluster: down")
         return 1
-    r = subprocess.run([str(binary_paths()["kubectl"]), f"--kubeconfig={st['kubeconfig']}",
-                        "get", "--raw=/readyz"], capture_output=True, text=True)
-    print(f"cluster: up ({st['api_url']}, readyz={r.stdout.strip() or r.stderr.strip()})\n"
-          f"  kubeconfig: {st['kubeconfig']}\n  supervisor pid: {st['pid']}")
+    r = subprocess.run(
+        [str(binary_paths()["kubectl"]), f"--kubeconfig={st['kubeconfig']}", "get", "--raw=/readyz"],
+        capture_output=True,
+        text=True,
+    )
+    print(
+        f"cluster: up ({st['api_url']}, readyz={r.stdout.strip() or r.stderr.strip()})\n"
+        f"  kubeconfig: {st['kubeconfig']}\n  supervisor pid: {st['pid']}"
+    )
     return 0 if r.returncode == 0 else 1
 
 

@@ -14,6 +14,7 @@ Environment: DSA_CLUSTER_NODES (default 4), DSA_CLUSTER_KEEP=1 (keep logs/certs)
 DSA_CLUSTER_SKIP_BUILD=1 (do not run build.sh; fail if binaries are missing),
 DSA_CLUSTER_BIN_DIR (use binaries from there).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,8 @@ from tests.cluster import harness
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "integration: needs the local control plane (tests/cluster); slow to build once")
+        "markers", "integration: needs the local control plane (tests/cluster); slow to build once"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +50,10 @@ def namespace(cluster):
     """A fresh namespace per test, deleted afterwards (without waiting)."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
-    cluster.wait_for(lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
-                     timeout=30, what=f"default ServiceAccount in {name}")
+    cluster.wait_for(
+        lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+        timeout=30,
+        what=f"default ServiceAccount in {name}",
+    )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
