@@ -55,8 +55,11 @@ KWOK_STAGES = HERE / "kwok-stages.yaml"
 BUILD_SH = HERE / "build.sh"
 
 SERVICE_CIDR = "10.0.0.0/24"
-POD_CIDR = "10.244.0.1/16"
-NODE_IP = "10.96.0.1"  # only ever written into Node/Pod status; nothing connects to it
+# Pod and node IPs that kwok writes into status. They are loopback addresses on purpose: anything
+# that ever dials a pod or node IP (the apiserver for logs/exec, an operator probing pods) stays on
+# this machine instead of sending traffic to a private range. Override per Cluster if needed.
+POD_CIDR = "127.128.0.1/16"
+NODE_IP = "127.0.0.1"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ADMIN_USER = "dsa-test-admin"
 
@@ -342,6 +345,8 @@ class Cluster:
     rack_label: str = "topology.dsa-operator.io/rack"
     gpu_product: str = "NVIDIA-H200"
     controllers: Sequence[str] = DEFAULT_CONTROLLERS
+    pod_cidr: str = POD_CIDR
+    node_ip: str = NODE_IP
     workdir: Path | None = None
     keep: bool = field(default_factory=lambda: os.environ.get("DSA_CLUSTER_KEEP") == "1")
     verbose: bool = True
@@ -784,8 +789,8 @@ class Cluster:
                 f"--config={KWOK_STAGES}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                f"--cidr={POD_CIDR}",
-                f"--node-ip={NODE_IP}",
+                f"--cidr={self.pod_cidr}",
+                f"--node-ip={self.node_ip}",
                 f"--server-address=127.0.0.1:{self.kwok_port}",
                 "--node-lease-duration-seconds=40",
             ],
