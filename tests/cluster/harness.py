@@ -601,6 +601,40 @@ class Cluster:
             + (f" (last error: {last_exc})" if last_exc else "")
         )
 
+    def set_container_terminated(
+        self,
+        namespace: str,
+        pod: str,
+        exit_code: int = 1,
+        reason: str = "Error",
+        phase: str | None = "Failed",
+        restart_count: int | None = None,
+    ) -> dict:
+        """Patch pods/status so every container is terminated (what a kubelet would report).
+        kwok leaves it as is (no stage matches a terminated pod). For a crash loop that keeps
+        going, label the pod `crash-loop.stage.dsa-operator.test=true` instead."""
+        p = self.kubectl_json("get", "pod", pod, "-n", namespace)
+        old = {c["name"]: c for c in p.get("status", {}).get("containerStatuses") or []}
+        statuses = []
+        for c in p["spec"]["containers"]:
+            rc = restart_count if restart_count is not None else old.get(c["name"], {}).get("restartCount", 0)
+            statuses.append(
+                {
+                    "name": c["name"],
+                    "image": c["image"],
+                    "imageID": "",
+                    "ready": False,
+                    "started": False,
+                    "restartCount": rc,
+                    "state": {"terminated": {"exitCode": exit_code, "reason": reason}},
+                }
+            )
+        patch: dict = {"status": {"containerStatuses": statuses}}
+        if phase:
+            patch["status"]["phase"] = phase
+        self.kubectl("patch", "pod", pod, "-n", namespace, "--subresource=status", "-p", json.dumps(patch))
+        return self.kubectl_json("get", "pod", pod, "-n", namespace)
+
     def node_names(self) -> list[str]:
         return [f"{self.node_prefix}-{i}" for i in range(self.nodes)]
 

@@ -288,6 +288,15 @@ def test_kwok_container_failure_and_crash_loop(cluster, namespace):
     assert not is_ready(p)
     assert p["status"]["phase"] == "Running"
 
+    # Or set the status directly, as a kubelet would report an OOM kill:
+    cluster.kubectl("run", "oom", "-n", namespace, f"--image={IMAGE}", "--restart=Never")
+    cluster.wait_for(lambda: is_ready(get("oom")), timeout=30, what="oom pod Ready")
+    cluster.set_container_terminated(namespace, "oom", exit_code=137, reason="OOMKilled", restart_count=2)
+    p = get("oom")
+    cs = p["status"]["containerStatuses"][0]
+    assert p["status"]["phase"] == "Failed"
+    assert cs["state"]["terminated"]["reason"] == "OOMKilled" and cs["restartCount"] == 2
+
 
 def test_helm_install(cluster, namespace, tmp_path):
     chart = tmp_path / "mini"
