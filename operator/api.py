@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
 from dsa_operator.catalog import FamilyName
 from dsa_operator.dialects import DEFAULT_SGLANG_VERSION, VERSION_PATTERN
 from dsa_operator.errors import PlanError, Problem
 from dsa_operator.hardware import AcceleratorName
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
 
 KernelName = Literal[
     "auto",

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 import yaml
+
 from dsa_operator.errors import PlanError
 from dsa_operator.plan import Plan
 from dsa_operator.planner import plan as make_plan
@@ -130,6 +131,7 @@ def run_cmd(
     import os
 
     import kopf
+
     from dsa_operator import handlers
 
     logging.basicConfig(

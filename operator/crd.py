@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+
 from dsa_operator import GROUP, KIND, PLURAL, VERSION
 from dsa_operator.api import DSAModelSpec, DSAModelStatus
 
@@ -62,13 +63,16 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out["properties"] = {k: _structural(v, defs) for k, v in node["properties"].items()}
             if node.get("required"):
                 out["required"] = list(node["required"])
-            # Nested objects get `default: {}` so the API server applies their defaults.
+            # Nested objects get their defaulted value so the API server fills them in.
             # Optional (nullable) ones stay absent: `serving` vs `prefill`+`decode` needs that.
             for k, v in out["properties"].items():
                 nullable = "anyOf" in node["properties"][k]
                 required = k in out.get("required", [])
                 if v.get("type") == "object" and "properties" in v and not (nullable or required):
-                    v["default"] = {}
+                    # The fully defaulted object: its CEL rules are checked against this value.
+                    v["default"] = {
+                        pk: pv["default"] for pk, pv in v["properties"].items() if "default" in pv
+                    }
         elif isinstance(node.get("additionalProperties"), dict):
             out["additionalProperties"] = _structural(node["additionalProperties"], defs)
         elif "x-kubernetes-preserve-unknown-fields" not in out:

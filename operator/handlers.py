@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from kubernetes.client.rest import ApiException
+from kubernetes.dynamic.exceptions import DynamicApiError
+
 from dsa_operator import GROUP, PLURAL, VERSION, labels
 from dsa_operator.controller import Reconciler
 from dsa_operator.errors import PlanError
@@ -74,7 +77,16 @@ class Loops:
             try:
                 requeue = await asyncio.to_thread(self.reconciler.reconcile, self.bodies[key])
                 backoff = 1.0
-            except Exception:  # the API said no, or a bug: log it, retry with backoff
+            except (ApiException, DynamicApiError) as e:  # the API said no: say why, retry with backoff
+                log.warning(
+                    "reconcile of %s/%s: API error %s %s; retrying in %.0fs",
+                    *key,
+                    getattr(e, "status", "?"),
+                    getattr(e, "reason", ""),
+                    backoff,
+                )
+                requeue, backoff = backoff, min(backoff * 2, 60.0)
+            except Exception:  # a bug: keep the traceback, keep the loop
                 log.exception("reconcile of %s/%s failed", *key)
                 requeue, backoff = backoff, min(backoff * 2, 60.0)
             with contextlib.suppress(TimeoutError):

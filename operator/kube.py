@@ -12,11 +12,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsa_operator import GROUP, KIND, PLURAL, VERSION
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
+
+from dsa_operator import GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "dsa-operator"

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kubernetes.utils.quantity import parse_quantity
+
 from dsa_operator.api import DSAModelSpec, EngineSpec, engine_roles
 from dsa_operator.catalog import FAMILIES, Family
 from dsa_operator.dialects import Dialect, dialect_for
 from dsa_operator.hardware import ACCELERATORS, Accelerator
 from dsa_operator.kernels import default_kernels, default_kv_dtype
-from kubernetes.utils.quantity import parse_quantity
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ import uuid
 
 import pytest
 import yaml
+
 from dsa_operator import labels
 from dsa_operator.planner import plan
-
-from tests.integration.operator_proc import ROOT, Operator, wait_phase
+from tests.integration.operator_proc import ROOT, WEBHOOK_CONFIG, Operator, wait_phase
 
 pytestmark = pytest.mark.integration
 EXAMPLES = ROOT / "examples"
@@ -242,6 +242,7 @@ def test_deleting_the_model_removes_everything(cluster, op, ns):
 
 def test_operator_restarted_mid_reconcile_converges(cluster, op, ns):
     op.stop(signal.SIGKILL)
+    _drop_webhook(cluster)  # its server is gone with it; the restarted ones run without
     m = apply_example(cluster, ns, "19-pd-pp-cp")
     restarted = Operator(cluster, op.kubeconfig, name="operator-restart", webhook=False).start()
     try:
@@ -278,8 +279,13 @@ def _assert_inventory(cluster, ns: str, manifest: dict) -> None:
     assert have == want
 
 
+def _drop_webhook(cluster) -> None:
+    cluster.kubectl("delete", "validatingwebhookconfiguration", WEBHOOK_CONFIG, "--ignore-not-found")
+
+
 def test_two_replicas_only_one_acts(cluster, op, ns):
     op.stop()
+    _drop_webhook(cluster)
     a = Operator(
         cluster,
         op.kubeconfig,
