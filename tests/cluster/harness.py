@@ -344,6 +344,8 @@ class Cluster:
     nodes_per_rack: int = 2
     rack_label: str = "topology.dsa-operator.io/rack"
     gpu_product: str = "NVIDIA-H200"
+    gpu_products: Sequence[str] = ()  # when set, node i carries gpu_products[i % len]
+    extra_resources: dict = field(default_factory=dict)  # e.g. {"rdma/ib": "1"} on every node
     controllers: Sequence[str] = DEFAULT_CONTROLLERS
     pod_cidr: str = POD_CIDR
     node_ip: str = NODE_IP
@@ -838,6 +840,7 @@ class Cluster:
             "pods": "110",
             "ephemeral-storage": "10Ti",
             "nvidia.com/gpu": str(self.gpus_per_node),
+            **self.extra_resources,
         }
         return {
             "apiVersion": "v1",
@@ -856,7 +859,9 @@ class Cluster:
                     if self.zones
                     else "zone-a",
                     self.rack_label: f"rack-{i // max(1, self.nodes_per_rack)}",
-                    "nvidia.com/gpu.product": self.gpu_product,
+                    "nvidia.com/gpu.product": (
+                        self.gpu_products[i % len(self.gpu_products)] if self.gpu_products else self.gpu_product
+                    ),
                     "nvidia.com/gpu.count": str(self.gpus_per_node),
                 },
             },
