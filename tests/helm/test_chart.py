@@ -150,9 +150,10 @@ def test_watch_namespaces_use_roles() -> None:
 def test_webhook_matches_kopf() -> None:
     """Path, rules and failure policy are what kopf would register for the handler itself."""
     import kopf
-    from dsa_operator import handlers  # noqa: F401  (registers the handlers)
     from kopf._cogs.structs import references
     from kopf._core.engines.admission import build_webhooks
+
+    from dsa_operator import handlers  # noqa: F401  (registers the handlers)
 
     registry = kopf.get_default_registry()
     webhook_handlers = [h for h in registry._webhooks.get_all_handlers() if h.id == "dsamodel-planner"]
