@@ -153,6 +153,8 @@ SGLANG_PACKAGES: dict[str, list[str]] = {
         "openai==2.6.1",  # sglang 0.5.16's pin
         "sentencepiece==0.2.1",
         "msgspec==0.23.0",
+        "xgrammar==0.2.1",  # sglang 0.5.16's pin; its server_args chain imports xgrammar
+        "apache-tvm-ffi==0.1.11",  # sglang 0.5.16's pin; xgrammar 0.2.1 loads its lib with it
         *_LIGHT_COMMON,
     ],
     # The newest dialect ("dsa" flags).  Its server_args no longer imports transformers at
