@@ -126,8 +126,12 @@ def _to_0_5_23(argv: list[str]) -> list[str]:
         "--cuda-graph-max-bs": "--cuda-graph-max-bs-decode",
     }  # fmt: skip
     values = {"round-robin-split": "interleave", "in-seq-split": "zigzag"}
+    # Gone in 0.5.23 (still in 0.5.16): "unrecognized arguments: --collect-tokens-histogram".
+    dropped = {"--collect-tokens-histogram"}
     out, prev = [], None
     for a in argv:
+        if a in dropped:
+            continue
         if prev == "--cp-strategy":
             a = values.get(a, a)
         a = full.get(a, a)
@@ -147,6 +151,7 @@ REJECT_0_5_23 = {
     "ambiguous-pp": [*M, "--tp-size", "8", "--pp", "2"],
     "ambiguous-cuda-graph-max-bs": [*M, "--tp-size", "8", "--cuda-graph-max-bs", "8"],
     "seed-row-17-literal": SEED_ROWS["17-pp-cp-node0"],
+    "collect-tokens-histogram": [*M, "--enable-metrics", "--collect-tokens-histogram"],
     "cp-strategy-bad-choice": [*M, "--enable-prefill-cp", "--cp-strategy", "round-robin-split"],
 }
 REJECT_0_5_12 = {
