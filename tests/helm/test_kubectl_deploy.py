@@ -6,7 +6,7 @@ import pytest
 
 from tests.helm.chart import DEPLOY, ROOT
 from tests.helm.operator import LocalOperator
-from tests.helm.test_install import CRD, model_ns, wait_phase
+from tests.helm.test_install import CRD, free_gpus, model_ns, wait_phase  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -40,11 +40,6 @@ def test_kubectl_apply_deploy_reconcile_and_delete(cluster) -> None:
     cluster.kubectl("get", "crd", CRD)  # the CRD (and so every DSAModel) stays
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dsa-operator run without --webhook-port exits: kopf raises 'Admission handlers exist, but no "
-    "admission server/tunnel is configured' (operator/handlers.py registers @kopf.on.validate always)",
-)
 def test_deploy_args_start_the_operator(cluster) -> None:
     """deploy/ runs the operator without a webhook: exactly its Deployment's arguments must start it."""
     import yaml
