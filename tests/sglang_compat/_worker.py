@@ -78,6 +78,7 @@ def _parse_one(build, argv):
         # from_cli_args turns --prefill URL PORT pairs / selectors into typed fields and raises
         # on malformed ones, as launch_router would at start-up.
         ra = router_cls.from_cli_args(ns, use_router_prefix=False)
+        ra._validate_router_args()  # launch_router runs it before starting the Rust router
         out = {"namespace": _jsonable(vars(ns)), "router_args": _jsonable(dataclasses.asdict(ra))}
         return out
     return _jsonable(vars(ns))
@@ -102,14 +103,15 @@ def _describe(build):
 
 
 def main(inp, outp):
-    req = json.load(open(inp))
+    with open(inp) as fh:
+        req = json.load(fh)
     mode, payload = req["mode"], req["payload"]
     # Keep library chatter off our stdout (the caller only reads OUT.json anyway).
     real_stdout = sys.stdout
     sys.stdout = io.StringIO()
     try:
         if mode.startswith("describe:"):
-            what = mode[len("describe:"):]
+            what = mode[len("describe:") :]
             build = _server_parser if what == "server" else (lambda: _router_parser(what.split(":")[1]))
             result = _describe(build)
         else:

@@ -25,6 +25,12 @@ def sglang_0_5_12():
 
 
 @pytest.fixture(scope="session")
+def sglang_0_5_16():
+    envs.ensure("0.5.16")
+    return "0.5.16"
+
+
+@pytest.fixture(scope="session")
 def sglang_0_5_23():
     envs.ensure("0.5.23")
     return "0.5.23"

@@ -30,7 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_worker.py"
@@ -234,8 +235,17 @@ def _install(name: str, packages: Sequence[str]) -> Path:
         t0 = time.monotonic()
         _log(f"installing {name} ({len(packages)} packages) into {target}")
         cmd = [
-            PYTHON, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
-            "--disable-pip-version-check", "--target", str(tmp), *packages,
+            PYTHON,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-compile",
+            "--disable-pip-version-check",
+            "--target",
+            str(tmp),
+            *packages,
         ]
         try:
             subprocess.run(cmd, check=True)
@@ -306,7 +316,11 @@ def _run_worker(env: str, mode: str, payload: Any, timeout: float = 900) -> Any:
         }
         proc = subprocess.run(
             [PYTHON, "-S", str(WORKER), str(inp), str(out)],
-            env=environ, cwd=td, capture_output=True, text=True, timeout=timeout,
+            env=environ,
+            cwd=td,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if proc.returncode != 0 or not out.exists():
             raise EnvError(
@@ -433,10 +447,7 @@ def main(argv: list[str]) -> int:
         if rest[:1] == ["--"]:
             rest = rest[1:]
         try:
-            if env in SGLANG_PACKAGES:
-                out = parse_server_argv(env, rest)
-            else:
-                out = parse_router_argv(rest, env)
+            out = parse_server_argv(env, rest) if env in SGLANG_PACKAGES else parse_router_argv(rest, env)
         except ParseError as e:
             print(f"error: {e.message}", file=sys.stderr)
             return 2
