@@ -147,6 +147,9 @@ def run_cmd(
         webhook_managed=webhook_managed,
     )
 
+    if webhook_port:
+        handlers.register_webhook()
+
     def work() -> None:
         kopf.run(
             standalone=True,

@@ -10,14 +10,14 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dsa_operator import labels, rollout
 from dsa_operator.api import parse_spec
 from dsa_operator.errors import PlanError
 from dsa_operator.kube import CHILD_KINDS, Kube
-from dsa_operator.observe import GroupView, split_by_group, view_group
+from dsa_operator.observe import Evidence, GroupView, split_by_group, view_group
 from dsa_operator.planner import plan as make_plan
 from dsa_operator.render import APPLIED_HASH, render
 from dsa_operator.status import compute_status, invalid_status
@@ -109,6 +109,7 @@ class Reconciler:
             max_unavailable_groups=spec.rollout.max_unavailable_groups,
         )
         actions = rollout.enforce_bounds(states, wanted, rollout.next_step(states, wanted, now))
+        log.debug("%s/%s groups %s -> actions %s", *key, states, actions)
         requeue: float | None = None
         rolling: list[str] = []
         backing_off: list[str] = []
@@ -134,6 +135,15 @@ class Reconciler:
         rolling += [
             f"{s.role}-{s.index}" for s in states if s.restarting and f"{s.role}-{s.index}" not in rolling
         ]
+        # What status reports: a group the operator is restarting is not ready, whatever its pods say
+        # (kwok, or a fast node, can bring the replaced pods back before the next look).
+        restarted = {(a.role, a.index) for a in actions if isinstance(a, rollout.RestartGroup)}
+        for i, (v, st) in enumerate(zip(views, states, strict=True)):
+            if st.failed and not v.evidence:
+                v = replace(v, evidence=(Evidence(",".join(v.pods) or "?", "replaced by a new pod"),))
+            if st.key in restarted or st.restarting:
+                v = replace(v, ready=False)
+            views[i] = v
         self._collect_garbage(plan.name, meta["namespace"], desired, live, group_names, pods)
 
         router_ready = None
@@ -170,7 +180,9 @@ class Reconciler:
     def _state(self, v: GroupView, mem: ModelMemory, now: float) -> rollout.GroupState:
         m = mem.of(v.role, v.index)
         restarting = m.restarting_from is not None
-        if restarting and v.ready and v.uids.isdisjoint(m.restarting_from or frozenset()):
+        renewed = bool(v.uids) and v.uids.isdisjoint(m.restarting_from or frozenset())
+        if restarting and renewed and (v.ready or v.evidence):
+            # The new incarnation is up, or has failed in turn (then it is restarted after backoff).
             m.restarting_from, restarting = None, False
         vanished = bool(m.uids) and not restarting and bool(m.uids - v.uids) and v.exists
         if v.ready and not restarting:

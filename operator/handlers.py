@@ -25,7 +25,8 @@ from dsa_operator.kube import Kube, load_client_config
 from dsa_operator.planner import plan
 
 log = logging.getLogger(__name__)
-RESYNC_SECONDS = 300.0  # a safety net only: reads, and writes nothing when nothing changed
+RESYNC_SECONDS = 300.0
+WEBHOOK_ID = "dsamodel-planner"  # also the webhook's URL path
 
 
 @dataclass
@@ -141,7 +142,6 @@ async def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
     _poke(body, memo)
 
 
-@kopf.on.validate(GROUP, VERSION, PLURAL, id="dsamodel-planner", operations=["CREATE", "UPDATE"])
 def validate(body: kopf.Body, **_: Any) -> None:
     """Refuse a DSAModel the planner refuses, with its field paths: nothing gets created for it."""
     try:
@@ -150,6 +150,11 @@ def validate(body: kopf.Body, **_: Any) -> None:
         raise kopf.AdmissionError(
             "invalid DSAModel: " + "; ".join(str(p) for p in e.problems), code=422
         ) from None
+
+
+def register_webhook() -> None:
+    """Registered only when a webhook server is configured: kopf refuses admission handlers without one."""
+    kopf.on.validate(GROUP, VERSION, PLURAL, id=WEBHOOK_ID, operations=["CREATE", "UPDATE"])(validate)
 
 
 def _plain(value: Any) -> Any:
