@@ -250,7 +250,7 @@ def test_operator_with_chart_rights_reconciles_to_ready(cluster, ops) -> None:
     obj = wait_phase(cluster, ns, "dsv32-exp-tp", "Ready")
     assert obj["status"].get("endpoint")
     logs = ops.logs()
-    assert "403" not in logs and "Forbidden" not in logs and "Traceback" not in logs, logs[-4000:]
+    assert "API error 403" not in logs and "Forbidden" not in logs and "Traceback" not in logs, logs[-4000:]
 
 
 def test_router_serviceaccount_reads_pods_only_in_its_namespace(cluster, ops) -> None:
