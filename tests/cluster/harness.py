@@ -750,8 +750,46 @@ class Cluster:
             ],
         )
 
+    @property
+    def audit_log(self) -> Path:
+        """JSON lines, one per write request (create/update/patch/delete) the API server served."""
+        return self.logs / "audit.log"
+
+    def audit_writes(self, user: str) -> list[dict]:
+        """The write requests made by `user` so far."""
+        if not self.audit_log.exists():
+            return []
+        events = (json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip())
+        return [e for e in events if e.get("user", {}).get("username") == user]
+
+    def _write_audit_policy(self) -> Path:
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "audit.k8s.io/v1",
+                    "kind": "Policy",
+                    "omitStages": ["RequestReceived"],
+                    "rules": [
+                        {
+                            "level": "Metadata",
+                            "verbs": ["create", "update", "patch", "delete", "deletecollection"],
+                        },
+                        {"level": "None"},
+                    ],
+                }
+            )
+        )
+        return policy
+
     def _start_apiserver(self) -> None:
         p = self.pki
+        audit = [
+            f"--audit-policy-file={self._write_audit_policy()}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+        ]
         self._spawn(
             "kube-apiserver",
             [
@@ -776,6 +814,7 @@ class Cluster:
                 # TaintNodesByCondition puts node.kubernetes.io/not-ready:NoSchedule on every new Node and
                 # only node-lifecycle-controller (not run: no kubelets) would lift it.
                 "--disable-admission-plugins=TaintNodesByCondition",
+                *audit,
                 "--profiling=false",
             ],
         )
@@ -860,7 +899,9 @@ class Cluster:
                     else "zone-a",
                     self.rack_label: f"rack-{i // max(1, self.nodes_per_rack)}",
                     "nvidia.com/gpu.product": (
-                        self.gpu_products[i % len(self.gpu_products)] if self.gpu_products else self.gpu_product
+                        self.gpu_products[i % len(self.gpu_products)]
+                        if self.gpu_products
+                        else self.gpu_product
                     ),
                     "nvidia.com/gpu.count": str(self.gpus_per_node),
                 },

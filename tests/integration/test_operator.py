@@ -367,3 +367,16 @@ def test_two_replicas_only_one_acts(cluster, op, ns):
         b.stop()
         op.start()
         op.wait_webhook()
+
+
+def test_steady_state_writes_nothing(cluster, op, ns):
+    """Over a quiet minute the operator sends no write to the API server (its audit log says)."""
+    apply_example(cluster, ns, "19-pd-pp-cp")
+    wait_phase(cluster, "dsv32-pd-pp-cp", ns, "Ready")
+    time.sleep(3)  # let the last status write land
+    before = len(cluster.audit_writes("dsa-operator"))
+    assert before > 0  # the audit log does see the operator's writes
+    time.sleep(60)
+    writes = cluster.audit_writes("dsa-operator")[before:]
+    print(f"\nFIGURE operator API writes over a quiet minute: {len(writes)}")
+    assert writes == [], [(w["verb"], w["objectRef"]) for w in writes]

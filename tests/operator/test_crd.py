@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import yaml
-from dsa_operator.crd import build_crd, crd_yaml
 
+from dsa_operator.crd import build_crd, crd_yaml
 from tests.conftest import ROOT
 
 CRD_FILE = ROOT / "crds" / "serving.dsa.dev_dsamodels.yaml"

@@ -6,9 +6,9 @@ import contextlib
 import copy
 
 import pytest
+
 from dsa_operator.errors import PlanError
 from dsa_operator.planner import plan
-
 from tests.conftest import ROOT, load
 
 

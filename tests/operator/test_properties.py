@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 
-from dsa_operator.errors import PlanError
-from dsa_operator.planner import plan
 from hypothesis import HealthCheck, given, settings
 
+from dsa_operator.errors import PlanError
+from dsa_operator.planner import plan
 from tests.strategies import junk, manifests
 
 PROPERTY_SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -9,7 +9,6 @@ from dsa_operator import labels
 from dsa_operator.api import parse_spec
 from dsa_operator.planner import plan
 from dsa_operator.render import APPLIED_HASH, render
-
 from tests.conftest import ROOT, load
 
 OWNER = {"metadata": {"name": "m", "uid": "0000-1111"}}

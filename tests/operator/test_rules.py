@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from dsa_operator.errors import PlanError
 from dsa_operator.planner import plan
-
 from tests.conftest import ROOT, load
 
 

@@ -6,7 +6,6 @@ from dsa_operator.errors import PlanError, Problem
 from dsa_operator.observe import Evidence, GroupView
 from dsa_operator.planner import plan
 from dsa_operator.status import compute_status, invalid_status
-
 from tests.conftest import ROOT, load
 
 P = plan(load(ROOT / "examples" / "12-pd.yaml"))
