@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Annotated
 
 import typer
+
 from dsa_runtime import plan as P
 from dsa_runtime.errors import EXIT_CODE_MEANINGS, ExitCode, RuntimeFailure
 from dsa_runtime.termination import termination_log_path, write_termination
@@ -29,9 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-PlanOpt = Annotated[
-    str | None, typer.Option("--plan", envvar="DSA_PLAN_FILE", help="plan JSON path")
-]
+PlanOpt = Annotated[str | None, typer.Option("--plan", envvar="DSA_PLAN_FILE", help="plan JSON path")]
 TermOpt = Annotated[
     str | None,
     typer.Option("--termination-log", envvar="DSA_TERMINATION_LOG", help="failure message file"),
@@ -39,7 +38,8 @@ TermOpt = Annotated[
 GraceOpt = Annotated[
     float,
     typer.Option(
-        "--grace", envvar="DSA_DRAIN_GRACE_SECONDS",
+        "--grace",
+        envvar="DSA_DRAIN_GRACE_SECONDS",
         help="seconds SGLang may drain after SIGTERM before SIGKILL (keep it below the pod's "
         "terminationGracePeriodSeconds)",
     ),
@@ -90,13 +90,15 @@ def serve(
     plan_file: PlanOpt = None,
     termination_log: TermOpt = None,
     dns_timeout: Annotated[
-        float, typer.Option("--dns-timeout", envvar="DSA_DNS_TIMEOUT_SECONDS",
-                            help="seconds to wait for the leader's DNS name")
+        float,
+        typer.Option(
+            "--dns-timeout",
+            envvar="DSA_DNS_TIMEOUT_SECONDS",
+            help="seconds to wait for the leader's DNS name",
+        ),
     ] = 600.0,
     grace: GraceOpt = 60.0,
-    skip_preflight: Annotated[
-        bool, typer.Option("--skip-preflight", envvar="DSA_SKIP_PREFLIGHT")
-    ] = False,
+    skip_preflight: Annotated[bool, typer.Option("--skip-preflight", envvar="DSA_SKIP_PREFLIGHT")] = False,
     shape: Annotated[str, typer.Option(help="preflight problem size")] = "small",
 ) -> None:
     """Wait for the leader, check the node, then run this pod's SGLang engine."""
@@ -106,16 +108,14 @@ def serve(
         if who.role == "router":
             raise RuntimeFailure(ExitCode.ROLE_MISMATCH, "DSA_ROLE=router: use `dsa-runtime route`")
         pod = P.pod_entry(plan, who)
-        log.info("plan %s/%s, pod %s, SGLang %s", plan.namespace, plan.name, who,
-                 plan.sglang_version)
+        log.info("plan %s/%s, pod %s, SGLang %s", plan.namespace, plan.name, who, plan.sglang_version)
         leader = P.leader_address(pod.argv)
         if leader:
             from dsa_runtime.dns import wait_for_dns
 
             wait_for_dns(leader[0], leader[1], dns_timeout)
         if not skip_preflight:
-            cmd = [sys.executable, "-m", "dsa_runtime", "preflight", "--plan", str(path),
-                   "--shape", shape]
+            cmd = [sys.executable, "-m", "dsa_runtime", "preflight", "--plan", str(path), "--shape", shape]
             if termination_log:
                 cmd += ["--termination-log", termination_log]
             # A separate process, so its CUDA context does not stay in PID 1 beside SGLang.
@@ -140,17 +140,13 @@ def serve(
 
 
 @app.command()
-def route(
-    plan_file: PlanOpt = None, termination_log: TermOpt = None, grace: GraceOpt = 30.0
-) -> None:
+def route(plan_file: PlanOpt = None, termination_log: TermOpt = None, grace: GraceOpt = 30.0) -> None:
     """Run the SGLang router planned for this pod (role router)."""
     _setup_logging()
     with reporting(termination_log):
         _, plan, who = _load(plan_file, default_role="router")
         if who.role != "router":
-            raise RuntimeFailure(
-                ExitCode.ROLE_MISMATCH, f"DSA_ROLE={who.role}: use `dsa-runtime serve`"
-            )
+            raise RuntimeFailure(ExitCode.ROLE_MISMATCH, f"DSA_ROLE={who.role}: use `dsa-runtime serve`")
         pod = P.pod_entry(plan, who)
         from dsa_runtime.supervisor import supervise
 

@@ -17,9 +17,7 @@ log = logging.getLogger("dsa_runtime.health")
 PATHS = frozenset({"/health", "/ready", "/health_generate"})
 
 
-def start_health_server(
-    port: int, alive: Callable[[], bool], host: str = "0.0.0.0"
-) -> ThreadingHTTPServer:
+def start_health_server(port: int, alive: Callable[[], bool], host: str = "0.0.0.0") -> ThreadingHTTPServer:
     """Serve in a daemon thread; 200 on PATHS while `alive()`, 503 after, 404 elsewhere."""
 
     class Handler(BaseHTTPRequestHandler):

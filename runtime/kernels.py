@@ -20,9 +20,7 @@ COMPATIBLE: dict[str, frozenset[str]] = {
 """Architecture -> kernels every supported SGLang version offers there."""
 
 COMPATIBLE_FROM_DSA_DIALECT: dict[str, frozenset[str]] = {
-    "sm100": frozenset(
-        {"flashmla_sparse_q8", "flashinfer_sparse_mla", "triton_sparse_mla", "triton"}
-    ),
+    "sm100": frozenset({"flashmla_sparse_q8", "flashinfer_sparse_mla", "triton_sparse_mla", "triton"}),
 }
 """Kernels added with the 0.5.20+ ("dsa") flag dialect."""
 
@@ -113,9 +111,7 @@ class KernelChoice:
     resolved: str  # what SGLang will run
 
 
-def resolve(
-    arch: str, prefill: str, decode: str, kv_dtype: str, dialect: str
-) -> list[KernelChoice]:
+def resolve(arch: str, prefill: str, decode: str, kv_dtype: str, dialect: str) -> list[KernelChoice]:
     dp, dd = default_kernels(arch, kv_dtype, dialect)
     return [
         KernelChoice("prefill", prefill, dp if prefill == "auto" else prefill),

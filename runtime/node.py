@@ -40,7 +40,10 @@ def detect_gpus() -> list[Gpu] | None:
         try:
             res = subprocess.run(
                 [smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=30, check=False,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
             )
             if res.returncode == 0:
                 return gpus_from_nvidia_smi_output(res.stdout)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from dsa_runtime.errors import ExitCode, RuntimeFailure
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dsa_runtime.errors import ExitCode, RuntimeFailure
 
 DEFAULT_PLAN_FILE = "/etc/dsa/plan.json"
 Role = Literal["serving", "prefill", "decode", "router"]
@@ -115,9 +116,7 @@ def load_plan(path: Path) -> Plan:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise RuntimeFailure(
-            ExitCode.PLAN_MALFORMED, f"plan {path}: {where}: {first['msg']}{more}"
-        ) from None
+        raise RuntimeFailure(ExitCode.PLAN_MALFORMED, f"plan {path}: {where}: {first['msg']}{more}") from None
 
 
 def _int_env(name: str, env: dict[str, str]) -> int | None:
@@ -162,8 +161,7 @@ def identity_from_env(env: dict[str, str], *, default_role: str | None = None) -
         if not lenient:
             raise RuntimeFailure(
                 ExitCode.IDENTITY_MISSING,
-                "DSA_RANK is not set (the operator sets it from the pod label "
-                "apps.kubernetes.io/pod-index)",
+                "DSA_RANK is not set (the operator sets it from the pod label apps.kubernetes.io/pod-index)",
             )
         rank = 0
     return Identity(role=role, group=group, rank=rank)
@@ -171,9 +169,7 @@ def identity_from_env(env: dict[str, str], *, default_role: str | None = None) -
 
 def pod_entry(plan: Plan, who: Identity) -> PodPlan:
     """This pod's planned argv and env; exactly one entry must match."""
-    matches = [
-        p for p in plan.pods if (p.role, p.group, p.rank) == (who.role, who.group, who.rank)
-    ]
+    matches = [p for p in plan.pods if (p.role, p.group, p.rank) == (who.role, who.group, who.rank)]
     if not matches:
         have = sorted({f"{p.role}/{p.group}/{p.rank}" for p in plan.pods})
         raise RuntimeFailure(
@@ -205,9 +201,7 @@ def leader_address(argv: list[str]) -> tuple[str, int] | None:
         return None
     host, sep, port = raw.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise RuntimeFailure(
-            ExitCode.PLAN_MALFORMED, f"--dist-init-addr {raw!r} is not HOST:PORT"
-        )
+        raise RuntimeFailure(ExitCode.PLAN_MALFORMED, f"--dist-init-addr {raw!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 
 

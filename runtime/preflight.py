@@ -107,8 +107,13 @@ def run_sparse_check(arch: str, shape_name: str, iters: int) -> dict[str, Any]:
 
 
 def preflight(
-    plan: Plan, role: str, *, shm_path: str = "/dev/shm", shape: str = "small",
-    iters: int = 20, run_kernel: bool = True,
+    plan: Plan,
+    role: str,
+    *,
+    shm_path: str = "/dev/shm",
+    shape: str = "small",
+    iters: int = 20,
+    run_kernel: bool = True,
 ) -> dict[str, Any]:
     """Every check in order; raises RuntimeFailure on the first problem, else a report."""
     report: dict[str, Any] = {"preflight": "ok", "role": role}
@@ -124,9 +129,7 @@ def preflight(
     arch = gpus[0].arch if gpus and plan.hardware.vendor == "nvidia" else plan.hardware.arch
     kn = role_plan.kernels
     choices = K.resolve(arch, kn.prefill, kn.decode, kn.kv_cache_dtype, plan.dialect)
-    K.check_compatible(
-        arch, choices, plan.dialect, SPEC_FIELD.get(role, f"spec.{role}"), kn.kv_cache_dtype
-    )
+    K.check_compatible(arch, choices, plan.dialect, SPEC_FIELD.get(role, f"spec.{role}"), kn.kv_cache_dtype)
     report["kernels"] = {c.slot: c.resolved for c in choices}
     check_modules(choices)
     sparse = [c.resolved for c in choices if c.resolved in K.SPARSE_PREFILL]

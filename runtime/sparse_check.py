@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
 from dsa_runtime.accuracy import BF16_TOLERANCE, Verdict, judge
 
 
@@ -53,7 +54,11 @@ def random_inputs(shape: Shape, device: str, seed: int | None = None):
 
 
 def reference(
-    q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, sm_scale: float, d_v: int,
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    indices: torch.Tensor,
+    sm_scale: float,
+    d_v: int,
     chunk: int = 256,
 ) -> torch.Tensor:
     """float32 sparse attention: softmax over each query's selected keys; -1 entries masked."""
@@ -114,8 +119,12 @@ def time_ms(fn: Callable[[], Any], device: str, warmup: int = 3, iters: int = 20
 
 
 def check(
-    kernel: Kernel, shape: Shape, device: str, tol: float = BF16_TOLERANCE,
-    iters: int = 20, seed: int | None = None,
+    kernel: Kernel,
+    shape: Shape,
+    device: str,
+    tol: float = BF16_TOLERANCE,
+    iters: int = 20,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """One correctness check on fresh random inputs, then (if it passed) timing."""
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -127,7 +136,10 @@ def check(
     ref = reference(q, kv, idx, sm_scale, shape.d_v)
     verdict = compare_tensors(out, ref, tol)
     result: dict[str, Any] = {
-        "ok": verdict.ok, "relErr": verdict.rel_err, "tolerance": tol, "reason": verdict.reason,
+        "ok": verdict.ok,
+        "relErr": verdict.rel_err,
+        "tolerance": tol,
+        "reason": verdict.reason,
         "shape": asdict(shape),
     }
     if verdict.ok and iters > 0:

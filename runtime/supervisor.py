@@ -20,7 +20,12 @@ from dsa_runtime.errors import ExitCode, RuntimeFailure
 log = logging.getLogger("dsa_runtime.supervisor")
 
 FORWARDED = (
-    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
 )
 DRAINING = (signal.SIGTERM, signal.SIGINT)
 
@@ -41,9 +46,7 @@ def supervise(
     try:
         proc = subprocess.Popen(argv, env=env, start_new_session=True)
     except OSError as e:
-        raise RuntimeFailure(
-            ExitCode.EXEC_FAILED, f"cannot start {argv[0]}: {e.strerror or e}"
-        ) from None
+        raise RuntimeFailure(ExitCode.EXEC_FAILED, f"cannot start {argv[0]}: {e.strerror or e}") from None
     log.info("started %s (pid %d)", " ".join(argv[:4]), proc.pid)
     deadline: list[float] = []
 

@@ -6,10 +6,11 @@ produce must parse under the pinned SGLang).
 
 from __future__ import annotations
 
+from hypothesis import strategies as st
+
 from dsa_operator.api import KernelName
 from dsa_operator.catalog import FAMILIES, GLM5_RECOMMENDED_INDEX_PATTERN
 from dsa_operator.hardware import ACCELERATORS
-from hypothesis import strategies as st
 
 KERNELS = list(KernelName.__args__)
 VERSIONS = ["0.5.9", "0.5.12", "0.5.13", "0.5.14", "0.5.16", "0.5.19", "0.5.20", "0.5.22", "0.5.23"]

@@ -17,22 +17,38 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def make_plan(
-    argv: list[str], *, role: str = "serving", group: int = 0, rank: int = 0,
-    env: dict[str, str] | None = None, **overrides: Any,
+    argv: list[str],
+    *,
+    role: str = "serving",
+    group: int = 0,
+    rank: int = 0,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     plan: dict[str, Any] = {
-        "name": "m", "namespace": "ns", "sglangVersion": "0.5.23", "dialect": "dsa",
+        "name": "m",
+        "namespace": "ns",
+        "sglangVersion": "0.5.23",
+        "dialect": "dsa",
         "family": "deepseek-v3.2",
         "hardware": {"accelerator": "h200", "arch": "sm90", "vendor": "nvidia", "gpusPerNode": 8},
-        "model": {"source": "deepseek-ai/DeepSeek-V3.2", "localPath": None,
-                  "mountPath": "/models", "download": True},
+        "model": {
+            "source": "deepseek-ai/DeepSeek-V3.2",
+            "localPath": None,
+            "mountPath": "/models",
+            "download": True,
+        },
         "shmSizeBytes": 1024,
-        "roles": [{"role": role, "replicas": 1, "nodesPerGroup": 1,
-                   "kernels": {"prefill": "flashmla_sparse", "decode": "fa3",
-                               "kvCacheDtype": "bf16"},
-                   "groups": []}],
-        "pods": [{"role": role, "group": group, "rank": rank, "argv": argv,
-                  "env": env or {}}],
+        "roles": [
+            {
+                "role": role,
+                "replicas": 1,
+                "nodesPerGroup": 1,
+                "kernels": {"prefill": "flashmla_sparse", "decode": "fa3", "kvCacheDtype": "bf16"},
+                "groups": [],
+            }
+        ],
+        "pods": [{"role": role, "group": group, "rank": rank, "argv": argv, "env": env or {}}],
         "warnings": [],
     }
     plan.update(overrides)
@@ -64,8 +80,12 @@ def script(tmp_path: Path):
 def runtime_env(tmp_path: Path, plan: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DSA_", "HF_"))}
     env.update(
-        DSA_PLAN_FILE=str(plan), DSA_ROLE="serving", DSA_GROUP="0", DSA_RANK="0",
-        DSA_TERMINATION_LOG=str(tmp_path / "termination-log"), PYTHONUNBUFFERED="1",
+        DSA_PLAN_FILE=str(plan),
+        DSA_ROLE="serving",
+        DSA_GROUP="0",
+        DSA_RANK="0",
+        DSA_TERMINATION_LOG=str(tmp_path / "termination-log"),
+        PYTHONUNBUFFERED="1",
     )
     env.update(extra)
     return env
@@ -73,15 +93,25 @@ def runtime_env(tmp_path: Path, plan: Path, **extra: str) -> dict[str, str]:
 
 def dsa(args: list[str], env: dict[str, str], timeout: float = 60, **kw: Any):
     return subprocess.run(
-        [sys.executable, "-m", "dsa_runtime", *args], env=env, capture_output=True,
-        text=True, timeout=timeout, cwd=REPO, check=False, **kw,
+        [sys.executable, "-m", "dsa_runtime", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+        **kw,
     )
 
 
 def dsa_popen(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "dsa_runtime", *args], env=env, cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "dsa_runtime", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

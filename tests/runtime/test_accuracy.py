@@ -3,9 +3,10 @@
 import math
 import random
 
-from dsa_runtime.accuracy import BF16_TOLERANCE, compare, judge
 from hypothesis import given
 from hypothesis import strategies as st
+
+from dsa_runtime.accuracy import BF16_TOLERANCE, compare, judge
 
 
 def _ref(n=512, seed=0):

@@ -9,8 +9,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dsa_runtime.errors import ExitCode
 
+from dsa_runtime.errors import ExitCode
 from tests.runtime.conftest import dsa, dsa_popen, free_port, make_plan, runtime_env
 
 SERVE = ["serve", "--skip-preflight"]
@@ -107,16 +107,18 @@ def test_child_killed_by_signal(tmp_path, write_plan, script):
 
 
 def test_dns_wait_succeeds_for_localhost(tmp_path, write_plan, script):
-    argv = [*script("pass"), "--nnodes", "2", "--node-rank", "0",
-            "--dist-init-addr", "localhost:20000"]
+    argv = [*script("pass"), "--nnodes", "2", "--node-rank", "0", "--dist-init-addr", "localhost:20000"]
     res = dsa([*SERVE, "--dns-timeout", "5"], runtime_env(tmp_path, write_plan(make_plan(argv))))
     assert res.returncode == 0, res.stderr
     assert "leader localhost resolved" in res.stderr
 
 
 def test_dns_wait_times_out(tmp_path, write_plan, script):
-    argv = [*script("raise SystemExit('must not start')"), "--dist-init-addr",
-            "leader.dsa-test.invalid:20000"]
+    argv = [
+        *script("raise SystemExit('must not start')"),
+        "--dist-init-addr",
+        "leader.dsa-test.invalid:20000",
+    ]
     env = runtime_env(tmp_path, write_plan(make_plan(argv)), DSA_DNS_TIMEOUT_SECONDS="1")
     start = time.monotonic()
     res = dsa(SERVE, env)
@@ -127,8 +129,18 @@ def test_dns_wait_times_out(tmp_path, write_plan, script):
 
 def test_rank_above_zero_serves_stand_in_health(tmp_path, write_plan, script):
     port = free_port()
-    argv = [*script(DRAINING_SERVER), str(tmp_path), "--nnodes", "2", "--node-rank", "1",
-            "--dist-init-addr", "localhost:20000", "--port", str(port)]
+    argv = [
+        *script(DRAINING_SERVER),
+        str(tmp_path),
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "1",
+        "--dist-init-addr",
+        "localhost:20000",
+        "--port",
+        str(port),
+    ]
     plan = write_plan(make_plan(argv, rank=1))
     proc = dsa_popen(SERVE, runtime_env(tmp_path, plan, DSA_RANK="1"))
     try:
@@ -147,8 +159,15 @@ def test_rank_above_zero_serves_stand_in_health(tmp_path, write_plan, script):
 
 def test_rank_zero_has_no_stand_in(tmp_path, write_plan, script):
     port = free_port()
-    argv = [*script("import time; time.sleep(1)"), "--nnodes", "2",
-            "--dist-init-addr", "localhost:20000", "--port", str(port)]
+    argv = [
+        *script("import time; time.sleep(1)"),
+        "--nnodes",
+        "2",
+        "--dist-init-addr",
+        "localhost:20000",
+        "--port",
+        str(port),
+    ]
     proc = dsa_popen(SERVE, runtime_env(tmp_path, write_plan(make_plan(argv))))
     time.sleep(0.5)
     with pytest.raises(urllib.error.URLError):

@@ -1,6 +1,7 @@
 import time
 
 import pytest
+
 from dsa_runtime.dns import resolves, wait_for_dns
 from dsa_runtime.errors import ExitCode, RuntimeFailure
 

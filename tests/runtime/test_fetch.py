@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from dsa_runtime.errors import ExitCode
-
 from tests.runtime.conftest import dsa, free_port, make_plan, runtime_env
 from tests.runtime.test_cli import _one_line_error
 
@@ -59,8 +58,11 @@ def test_offline_without_cache_is_a_clean_error(tmp_path, write_plan):
 def test_unreachable_hub_is_a_clean_error(tmp_path, write_plan):
     plan = make_plan(["x"], env={"HF_HOME": str(tmp_path / "hf")})
     env = runtime_env(
-        tmp_path, write_plan(plan), HF_ENDPOINT=f"http://127.0.0.1:{free_port()}",
-        HF_HUB_ETAG_TIMEOUT="2", HF_HUB_DOWNLOAD_TIMEOUT="2",
+        tmp_path,
+        write_plan(plan),
+        HF_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+        HF_HUB_ETAG_TIMEOUT="2",
+        HF_HUB_DOWNLOAD_TIMEOUT="2",
     )
     start = time.monotonic()
     res = dsa(["fetch-model"], env, timeout=120)

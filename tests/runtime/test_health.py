@@ -2,8 +2,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from dsa_runtime.health import start_health_server
 
+from dsa_runtime.health import start_health_server
 from tests.runtime.conftest import free_port
 
 

@@ -10,8 +10,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from dsa_runtime import versions
 
+from dsa_runtime import versions
 from tests.runtime.conftest import REPO
 
 DOCKERFILES = [REPO / "Dockerfile", REPO / "images" / "runtime" / "Dockerfile"]
@@ -53,7 +53,9 @@ def test_hadolint_clean(dockerfile):
     assert "Haskell Dockerfile Linter" in version.stdout  # the real binary, not a stub
     res = subprocess.run(
         [exe, "--no-color", "--failure-threshold", "info", str(dockerfile)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -86,9 +88,9 @@ def test_every_pip_pin_matches_a_project_pin():
     }
     seen = 0
     for path in DOCKERFILES:
-        for name, ver in re.findall(r'"?([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([^"\s]+)', _expand(
-            path.read_text()
-        )):
+        for name, ver in re.findall(
+            r'"?([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([^"\s]+)', _expand(path.read_text())
+        ):
             seen += 1
             assert known.get(name.lower()) == ver, f"{path.name}: {name}=={ver}"
     assert seen >= 5

@@ -1,4 +1,5 @@
 import pytest
+
 from dsa_runtime import kernels as K
 from dsa_runtime.errors import ExitCode, RuntimeFailure
 
@@ -16,8 +17,14 @@ def test_table_as_documented():
 
 @pytest.mark.parametrize(
     ("arch", "family"),
-    [("sm90", "sm90"), ("9.0", "sm90"), ("sm100", "sm100"), ("sm103", "sm100"),
-     ("gfx942", "amd"), ("sm120", "sm120")],
+    [
+        ("sm90", "sm90"),
+        ("9.0", "sm90"),
+        ("sm100", "sm100"),
+        ("sm103", "sm100"),
+        ("gfx942", "amd"),
+        ("sm120", "sm120"),
+    ],
 )
 def test_arch_family(arch, family):
     assert K.arch_family(arch) == family

@@ -1,9 +1,9 @@
 import json
 
 import pytest
+
 from dsa_runtime import plan as P
 from dsa_runtime.errors import ExitCode, RuntimeFailure
-
 from tests.runtime.conftest import make_plan
 
 
@@ -43,9 +43,13 @@ def test_identity():
     who = P.identity_from_env({"DSA_ROLE": "decode", "DSA_GROUP": "0", "POD_NAME": "m-d-0-3"})
     assert who.rank == 3
     assert P.identity_from_env({}, default_role="router") == P.Identity("router", 0, 0)
-    for env in ({}, {"DSA_ROLE": "x"}, {"DSA_ROLE": "serving", "DSA_GROUP": "0"},
-                {"DSA_ROLE": "serving", "DSA_GROUP": "a", "DSA_RANK": "0"},
-                {"DSA_ROLE": "serving", "DSA_GROUP": "-1", "DSA_RANK": "0"}):
+    for env in (
+        {},
+        {"DSA_ROLE": "x"},
+        {"DSA_ROLE": "serving", "DSA_GROUP": "0"},
+        {"DSA_ROLE": "serving", "DSA_GROUP": "a", "DSA_RANK": "0"},
+        {"DSA_ROLE": "serving", "DSA_GROUP": "-1", "DSA_RANK": "0"},
+    ):
         assert _fail(P.identity_from_env, env).code == ExitCode.IDENTITY_MISSING
 
 
@@ -57,8 +61,7 @@ def test_pod_entry(write_plan):
 
 
 def test_argv_helpers():
-    argv = ["sglang", "--nnodes", "2", "--dist-init-addr", "m-p-0-0.m-p-0.ns.svc:20000",
-            "--port=31000"]
+    argv = ["sglang", "--nnodes", "2", "--dist-init-addr", "m-p-0-0.m-p-0.ns.svc:20000", "--port=31000"]
     assert P.leader_address(argv) == ("m-p-0-0.m-p-0.ns.svc", 20000)
     assert P.nnodes(argv) == 2 and P.serving_port(argv) == 31000
     assert P.leader_address(["sglang"]) is None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from dsa_runtime.errors import ExitCode
 
+from dsa_runtime.errors import ExitCode
 from tests.runtime.conftest import dsa, make_plan, runtime_env
 from tests.runtime.test_cli import _one_line_error
 
@@ -48,9 +48,7 @@ def test_blackwell_kernel_on_hopper(env_for):
     plan = make_plan(["x"], role="decode")
     plan["roles"][0]["kernels"]["decode"] = "trtllm"
     res = dsa(["preflight"], env_for(plan, DSA_ROLE="decode"))
-    _one_line_error(
-        res, ExitCode.KERNEL_UNSUPPORTED, "set spec.decode.kernels.decode to fa3 or auto"
-    )
+    _one_line_error(res, ExitCode.KERNEL_UNSUPPORTED, "set spec.decode.kernels.decode to fa3 or auto")
 
 
 def test_kernel_module_missing(env_for):

@@ -1,6 +1,7 @@
 import sys
 
 import pytest
+
 from dsa_runtime.errors import ExitCode, RuntimeFailure
 from dsa_runtime.supervisor import exit_status, supervise
 
@@ -12,7 +13,8 @@ def test_exit_status():
 def test_supervise_passes_code_and_env():
     code = supervise(
         [sys.executable, "-c", "import os, sys; sys.exit(int(os.environ['X']))"],
-        {"X": "9"}, grace_s=1,
+        {"X": "9"},
+        grace_s=1,
     )
     assert code == 9
 
