@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv lint test test-unit test-sglang crd manifests clean
+.PHONY: venv lint test test-unit sglang-envs crd demo demo-down clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -31,6 +31,14 @@ test-unit: venv
 # Everything: unit, SGLang real-parser, runtime, control-plane integration.
 test: venv lint sglang-envs cluster-bins
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+
+# The main job: a local control plane, the operator, a PD DSAModel until Ready (left running).
+demo: venv cluster-up
+	$(PYTHON) scripts/demo.py up
+
+demo-down:
+	-$(PYTHON) scripts/demo.py down
+	$(MAKE) cluster-down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
