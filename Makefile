@@ -23,7 +23,7 @@ crd: venv  ## regenerate crds/ from the API model
 	$(VENV)/bin/dsa-operator crd > crds/serving.dsa.dev_dsamodels.yaml
 
 sglang-envs: venv  ## install the pinned SGLang releases' parsers (cached)
-	$(PYTHON) tests/sglang_compat/envs.py ensure-all
+	$(PYTHON) tests/sglang_compat/envs.py ensure all
 
 test-unit: venv
 	$(PYTHON) -m pytest tests/operator $(PYTEST_ARGS)

@@ -314,6 +314,32 @@ def extra_args_not_owned(ctx: Context) -> Iterator[Problem]:
                     yield Problem(f"{path}[{i}]", "conflicts with features.indexCache: set one")
 
 
+# Flags SGLang removed, by the first version without them (0.5.x patch number), and what replaces them.
+REMOVED_FLAGS: dict[str, tuple[int, str]] = {
+    "--collect-tokens-histogram": (20, "token histograms come with enableMetrics"),
+    "--cuda-graph-max-bs": (20, "set cudaGraphMaxBatchSize (spelled --cuda-graph-max-bs-decode there)"),
+    "--enable-nsa-prefill-context-parallel": (20, "set parallelism.contextParallel.mode"),
+    "--nsa-prefill-cp-mode": (20, "set parallelism.contextParallel.mode"),
+    "--nsa-prefill-backend": (20, "set kernels.prefill"),
+    "--nsa-decode-backend": (20, "set kernels.decode"),
+}
+
+
+def extra_args_exist_in_version(ctx: Context) -> Iterator[Problem]:
+    """A flag the chosen SGLang no longer has would stop the server at start-up (argparse exit 2)."""
+    patch = int(ctx.dialect.version.split(".")[2])
+    lists = [("spec.runtime.extraArgs", ctx.spec.runtime.extra_args)]
+    lists += [(f"{r.path}.extraArgs", r.spec.extra_args) for r in ctx.roles]
+    for path, args in lists:
+        for i, arg in enumerate(args):
+            removed = REMOVED_FLAGS.get(_flag_name(arg))
+            if removed and patch >= removed[0]:
+                yield Problem(
+                    f"{path}[{i}]",
+                    f"{_flag_name(arg)} is gone in SGLang {ctx.dialect.version}: {removed[1]}",
+                )
+
+
 RULES: tuple[Rule, ...] = (
     valid_name,
     one_topology,
@@ -331,6 +357,7 @@ RULES: tuple[Rule, ...] = (
     router_discovery_port,
     model_source_in_volume,
     extra_args_not_owned,
+    extra_args_exist_in_version,
 )
 
 

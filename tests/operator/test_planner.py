@@ -230,7 +230,7 @@ def test_extra_args_come_last_and_env_merges():
     m["spec"]["runtime"] = {"env": {"A": "1"}}
     m["spec"]["prefill"]["env"] = {"A": "2"}
     pod = engine_pods(plan(m), "prefill")[0]
-    assert pod.argv[-3:] == ["--collect-tokens-histogram", "--tokenizer-worker-num", "8"]
+    assert pod.argv[-2:] == ["--tokenizer-worker-num", "8"]
     assert pod.env["A"] == "2"
 
 

@@ -214,6 +214,15 @@ CASES = [
         "JSON object",
         None,
     ),
+    (
+        "03-pure-tp",
+        "runtime.extraArgs",
+        ["--collect-tokens-histogram"],
+        "spec.runtime.extraArgs[0]",
+        "enableMetrics",
+        None,
+    ),
+    ("03-pure-tp", "runtime.extraArgs", ["--collect-tokens-histogram"], None, None, "0.5.12"),
     ("03-pure-tp", "model.source", "/data/dsv32", "spec.model.source", "mountPath", None),
     ("03-pure-tp", "storage.shmSize", "lots", "spec.storage.shmSize", "quantity", None),
     (
