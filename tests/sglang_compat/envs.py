@@ -308,7 +308,6 @@ def _run_worker(env: str, mode: str, payload: Any, timeout: float = 900) -> Any:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/tmp"),
             "PYTHONPATH": os.pathsep.join(str(p) for p in paths),
-            "PYTHONDONTWRITEBYTECODE": "0",
             "CUDA_VISIBLE_DEVICES": "",
             "TOKENIZERS_PARALLELISM": "false",
             "HF_HUB_OFFLINE": "1",
