@@ -8,7 +8,7 @@ from typing import Literal
 FamilyName = Literal["deepseek-v3.2-exp", "deepseek-v3.2", "deepseek-v3.2-speciale", "glm-5"]
 
 # Path inside the SGLang source tree; the runtime image's working directory is that tree's root.
-DEEPSEEK_V32_TOOL_TEMPLATE = "examples/chat_template/tool_chat_template_deepseekv32.jinja"
+DEEPSEEK_V32_TOOL_TEMPLATE = "./examples/chat_template/tool_chat_template_deepseekv32.jinja"
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ junk = st.recursive(
 
 
 def maybe(strategy, junk_rate: int = 12):
-    """Mostly `strategy`, sometimes a wrong-typed value."""
-    return st.one_of(*([strategy] * junk_rate), junk)
+    """`strategy` junk_rate times in junk_rate + 1, otherwise a wrong-typed value."""
+    return st.sampled_from([True] * junk_rate + [False]).flatmap(lambda good: strategy if good else junk)
 
 
 pow2 = st.sampled_from([1, 2, 4, 8, 16])
@@ -74,7 +74,102 @@ def engine(draw):
 
 
 @st.composite
-def manifests(draw):
+def plausible_engine(draw, role: str, arch: str, version: str):
+    """A role a user could mean: whole nodes, divisible sizes, CP only where SGLang allows it."""
+    tp = draw(st.sampled_from([8, 8, 16]))
+    pp = draw(st.sampled_from([1, 1, 2]))
+    attention_dp = draw(st.booleans())
+    par: dict = {"tp": tp, "pp": pp, "dp": tp if attention_dp else 1, "ep": draw(st.sampled_from([1, tp]))}
+    if attention_dp:
+        par["attention"] = "dp"
+    if role != "decode" and tp == 8 and not attention_dp and arch != "amd" and draw(st.booleans()):
+        par["contextParallel"] = {"mode": "round-robin-split"}
+        if pp > 1:
+            par["moeDenseTpSize"] = 1
+    e: dict = {"replicas": draw(st.integers(1, 2)), "parallelism": par}
+    if draw(st.booleans()):
+        kv = draw(st.sampled_from(["bf16", "fp8_e4m3"]))
+        fits = {
+            ("sm90", "bf16"): ["flashmla_sparse", "fa3", "flashmla_auto", "tilelang"],
+            ("sm90", "fp8_e4m3"): ["flashmla_kv", "flashmla_auto", "tilelang"],
+            ("sm100", "bf16"): ["flashmla_sparse", "trtllm", "flashmla_auto"],
+            ("sm100", "fp8_e4m3"): ["trtllm", "flashmla_kv", "flashmla_auto"],
+            ("amd", "bf16"): ["tilelang"],
+            ("amd", "fp8_e4m3"): ["tilelang"],
+        }[(arch, kv)]
+        e["kernels"] = {
+            "prefill": draw(st.sampled_from(fits)),
+            "decode": draw(st.sampled_from(fits)),
+            "kvCacheDtype": kv,
+        }
+    for key, values in (
+        ("maxRunningRequests", st.integers(1, 1024)),
+        ("memFractionStatic", st.sampled_from([0.8, 0.9])),
+        ("chunkedPrefillSize", st.sampled_from([4096, 16384])),
+        ("cudaGraphMaxBatchSize", st.integers(1, 64)),
+        ("pageSize", st.sampled_from([1, 64])),
+        ("contextLength", st.sampled_from([65536, 131072])),
+        ("disableRadixCache", st.booleans()),
+        ("enableMetrics", st.booleans()),
+        ("watchdogTimeout", st.sampled_from([600, 3600])),
+        ("extraArgs", st.sampled_from([[], ["--tokenizer-worker-num", "4"], ["--log-level", "debug"]])),
+    ):
+        if draw(st.booleans()):
+            e[key] = draw(values)
+    return e
+
+
+ARCH = {name: a.arch for name, a in ACCELERATORS.items()}
+
+
+@st.composite
+def plausible_manifests(draw):
+    """Specs that should plan: the planner's happy path across families, GPUs and versions."""
+    family = draw(st.sampled_from(sorted(FAMILIES)))
+    accel = draw(st.sampled_from(sorted(a for a in ACCELERATORS if ACCELERATORS[a].gpus_per_node == 8)))
+    version = draw(st.sampled_from(VERSIONS))
+    arch = ARCH[accel]
+    spec: dict = {
+        "model": {"family": family},
+        "runtime": {"sglangVersion": version},
+        "hardware": {"accelerator": accel},
+    }
+    if arch == "sm100" and draw(st.booleans()):
+        spec["model"]["quantization"] = "nvfp4"
+    features: dict = {"reasoning": draw(st.booleans())}
+    if family == "glm-5" and draw(st.booleans()):
+        features["indexCache"] = {"pattern": GLM5_RECOMMENDED_INDEX_PATTERN}
+    if draw(st.booleans()):
+        steps = draw(st.integers(1, 4))
+        features["mtp"] = {"enabled": True, "numSteps": steps, "eagleTopK": 1, "numDraftTokens": steps + 1}
+    if draw(st.booleans()):
+        features["denseAttentionThreshold"] = draw(st.sampled_from([1024, 2048, 4096]))
+    spec["features"] = features
+    if draw(st.booleans()):
+        spec["serving"] = draw(plausible_engine("serving", arch, version))
+    else:
+        spec["prefill"] = draw(plausible_engine("prefill", arch, version))
+        spec["decode"] = draw(plausible_engine("decode", arch, version))
+        spec["decode"]["parallelism"].pop("contextParallel", None)
+        if draw(st.booleans()):
+            spec["disaggregation"] = {
+                "transferBackend": draw(st.sampled_from(["mooncake", "nixl"])),
+                "ibDevices": "mlx5_0,mlx5_1",
+            }
+    spec["router"] = {
+        "discovery": draw(st.sampled_from(["kubernetes", "static"])),
+        "policy": draw(st.sampled_from(["cache_aware", "round_robin", "power_of_two"])),
+    }
+    return {
+        "apiVersion": "serving.dsa.dev/v1alpha1",
+        "kind": "DSAModel",
+        "metadata": {"name": draw(st.sampled_from(["m", "dsv32", "glm5-prod"])), "namespace": "ns1"},
+        "spec": spec,
+    }
+
+
+@st.composite
+def wild_manifests(draw):
     family = draw(maybe(st.sampled_from(sorted(FAMILIES))))
     spec: dict = {"model": {"family": family}}
     if draw(st.integers(0, 4)) == 0:
@@ -121,3 +216,8 @@ def manifests(draw):
         "metadata": {"name": name, "namespace": "ns1"},
         "spec": spec,
     }
+
+
+def manifests():
+    """Half plausible (they should plan), half wild (they exercise every error path)."""
+    return st.one_of(plausible_manifests(), wild_manifests())

@@ -197,7 +197,7 @@ def test_tool_calling_defaults_by_family():
     assert "--tool-call-parser" not in speciale and flag(speciale, "--reasoning-parser") == "deepseek-v3"
     exp = engine_pods(plan(example("06-v32-exp-tools-reasoning")))[0].argv
     assert flag(exp, "--tool-call-parser") == "deepseekv31"
-    assert flag(exp, "--chat-template") == "examples/chat_template/tool_chat_template_deepseekv32.jinja"
+    assert flag(exp, "--chat-template") == "./examples/chat_template/tool_chat_template_deepseekv32.jinja"
     glm = engine_pods(plan(example("09-glm5-tools-reasoning")))[0].argv
     assert (flag(glm, "--tool-call-parser"), flag(glm, "--reasoning-parser")) == ("glm47", "glm45")
 
