@@ -164,7 +164,7 @@ def run_cmd(
 
         load_client_config()
         ns = leader_namespace or os.environ.get("POD_NAMESPACE") or "default"
-        run_as_leader(leader_lease, ns, work)
+        run_as_leader(leader_lease, ns, work, liveness_url=liveness)
     else:
         work()
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -356,6 +357,9 @@ def test_two_replicas_only_one_acts(cluster, op, ns):
         acting = [o for o in (a, b) if "applying" in o.logs()]
         assert len(acting) == 1, [o.logs()[-2000:] for o in (a, b)]
         leader, follower = acting[0], next(o for o in (a, b) if o is not acting[0])
+        for o in (leader, follower):  # a standby answers its liveness probe too
+            with urllib.request.urlopen(f"http://127.0.0.1:{o.liveness_port}/healthz", timeout=5) as r:
+                assert r.status == 200
         leader.stop(signal.SIGKILL)
         m = yaml.safe_load((EXAMPLES / "03-pure-tp.yaml").read_text())
         m["spec"]["serving"]["replicas"] = 2
