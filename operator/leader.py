@@ -18,9 +18,19 @@ from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 log = logging.getLogger(__name__)
 
 
+LIVENESS_QUERY = "probe=liveness"
+
+
 class _Healthz(BaseHTTPRequestHandler):
+    """A standby is alive (`/healthz?probe=liveness`: 200) but not ready (`/healthz`: 503), so the
+    webhook Service only sends admission requests to the leader."""
+
     def do_GET(self) -> None:
-        self.send_response(200 if self.path.startswith("/healthz") else 404)
+        url = urlsplit(self.path)
+        if url.path != "/healthz":
+            self.send_response(404)
+        else:
+            self.send_response(200 if LIVENESS_QUERY in url.query else 503)
         self.end_headers()
 
     def log_message(self, *_: object) -> None:
@@ -28,7 +38,7 @@ class _Healthz(BaseHTTPRequestHandler):
 
 
 def _standby_health(liveness_url: str | None) -> ThreadingHTTPServer | None:
-    """A follower is healthy too: answer the liveness probe until kopf takes the port over."""
+    """A follower is alive too: answer the liveness probe until kopf takes the port over."""
     if not liveness_url:
         return None
     url = urlsplit(liveness_url)

@@ -60,7 +60,7 @@ def test_defaults() -> None:
     assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
     assert not any(a.startswith("--webhook-managed") for a in c["args"])
     assert {"--webhook-port=9443", "--webhook-cert=/etc/dsa-operator/webhook/tls.crt"} <= set(c["args"])
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz?probe=liveness", "port": "healthz"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     sc, pod = c["securityContext"], one(objs, "Deployment")["spec"]["template"]["spec"]
     assert sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"]
@@ -83,7 +83,9 @@ def test_replicas_turn_on_leader_election() -> None:
     objs = render("replicas=2")
     c = container(objs)
     assert "--leader-elect" in c["args"] and "--leader-namespace=dsa-system" in c["args"]
-    assert "livenessProbe" not in c and "readinessProbe" in c  # standbys serve no /healthz
+    # A standby answers the liveness query (alive) but not readiness: webhook traffic stays on the leader.
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz?probe=liveness"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
     role = one(objs, "Role", "dsa-operator-leader-election")
     assert role["metadata"]["namespace"] == "dsa-system"
     assert role["rules"] == [

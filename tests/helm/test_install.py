@@ -173,7 +173,7 @@ def test_install_upgrade_uninstall(cluster) -> None:
             c["args"]
         )
         assert c["resources"]["requests"]["cpu"] == "250m" and c["resources"]["limits"]["memory"] == "1Gi"
-        assert "livenessProbe" not in c and "readinessProbe" in c
+        assert "livenessProbe" in c and "readinessProbe" in c
         cluster.kubectl("get", "role,rolebinding", "lc-dsa-operator-leader-election", "-n", ns)
         assert (
             cluster.kubectl(

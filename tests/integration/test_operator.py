@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -357,9 +358,16 @@ def test_two_replicas_only_one_acts(cluster, op, ns):
         acting = [o for o in (a, b) if "applying" in o.logs()]
         assert len(acting) == 1, [o.logs()[-2000:] for o in (a, b)]
         leader, follower = acting[0], next(o for o in (a, b) if o is not acting[0])
-        for o in (leader, follower):  # a standby answers its liveness probe too
-            with urllib.request.urlopen(f"http://127.0.0.1:{o.liveness_port}/healthz", timeout=5) as r:
+        for o in (leader, follower):  # a standby is alive, but only the leader is ready
+            url = f"http://127.0.0.1:{o.liveness_port}/healthz"
+            with urllib.request.urlopen(f"{url}?probe=liveness", timeout=5) as r:
                 assert r.status == 200
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    ready = r.status
+            except urllib.error.HTTPError as e:
+                ready = e.code
+            assert ready == (200 if o is leader else 503)
         leader.stop(signal.SIGKILL)
         m = yaml.safe_load((EXAMPLES / "03-pure-tp.yaml").read_text())
         m["spec"]["serving"]["replicas"] = 2
