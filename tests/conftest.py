@@ -1,11 +1,32 @@
-"""Shared fixtures: the examples and a way to plan them."""
+"""Shared fixtures: the examples, and one real control plane per test session.
+
+The control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok with fake GPU
+nodes) is built from Go modules by tests/cluster/build.sh:
+
+    @pytest.mark.integration
+    def test_x(cluster):
+        cluster.kubectl("get", "nodes")            # admin (system:masters)
+        cluster.kubeconfig                         # admin kubeconfig path (for an operator process)
+        cluster.mint_user("alice", ["devs"])       # kubeconfig of an unprivileged cert user
+        cluster.sa_kubeconfig("ns", "sa")          # kubeconfig with a `kubectl create token` token
+        cluster.mint_serving_cert("webhook")       # (crt, key) signed by the cluster CA
+        cluster.ca_bundle_b64                      # caBundle for url: webhooks on 127.0.0.1
+
+Environment: DSA_CLUSTER_NODES (default 4), DSA_CLUSTER_KEEP=1 (keep logs/certs),
+DSA_CLUSTER_SKIP_BUILD=1 (do not run build.sh; fail if binaries are missing),
+DSA_CLUSTER_BIN_DIR (use binaries from there).
+"""
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.cluster import harness
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -18,3 +39,37 @@ def load(path: Path) -> dict:
 @pytest.fixture(params=EXAMPLES, ids=lambda p: p.stem)
 def example(request) -> dict:
     return load(request.param)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "integration: needs the local control plane (tests/cluster); slow to build once"
+    )
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    harness.install_signal_handlers()  # SIGTERM/SIGHUP -> SystemExit, so finalizers still run
+    if os.environ.get("DSA_CLUSTER_SKIP_BUILD") != "1":
+        harness.ensure_binaries()
+    c = harness.Cluster(nodes=int(os.environ.get("DSA_CLUSTER_NODES", "4")))
+    c.start()
+    print(f"\n[cluster] start-to-ready {c.startup_seconds:.1f}s")
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def namespace(cluster):
+    """A fresh namespace per test, deleted afterwards (without waiting)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    cluster.wait_for(
+        lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+        timeout=30,
+        what=f"default ServiceAccount in {name}",
+    )
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
