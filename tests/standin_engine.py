@@ -140,7 +140,8 @@ class StandinEngine:
         return 404, {"error": f"stand-in does not serve POST {path}", **self._who()}
 
     def _get(self, path: str) -> tuple[int, Any]:
-        if path == "/get_model_info":
+        # The router asks /server_info and /model_info first (newer SGLang), then the get_ forms.
+        if path in ("/get_model_info", "/model_info"):
             return 200, {
                 "model_path": MODEL_ID,
                 "tokenizer_path": MODEL_ID,
@@ -152,7 +153,7 @@ class StandinEngine:
                 "model_type": "standin",
                 "architectures": ["StandinForCausalLM"],
             }
-        if path == "/get_server_info":
+        if path in ("/get_server_info", "/server_info"):
             return 200, {
                 "model_path": MODEL_ID,
                 "served_model_name": MODEL_ID,

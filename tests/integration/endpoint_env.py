@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,6 +49,7 @@ ROUTER_RUNTIME_DEPS = [
     "fastapi==0.115.12",
     "starlette==0.46.2",
 ]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 
@@ -295,7 +297,20 @@ class RouterProc:
         return False
 
     def logs(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        """The router's output without the colour codes its tracing logger writes."""
+        raw = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        return ANSI.sub("", raw)
+
+    def added(self, pod: str) -> int:
+        """How often discovery registered `pod` (its log line: `Adding pod: NAME | type: ...`)."""
+        return len(re.findall(rf"Adding pod: {re.escape(pod)} \|", self.logs()))
+
+    def removed(self, pod: str) -> int:
+        return len(re.findall(rf"Removing pod: {re.escape(pod)} \|", self.logs()))
+
+    def worker_ids(self) -> dict[str, str]:
+        """URL -> the router's worker id (a new id means the worker was registered anew)."""
+        return {w["url"]: w["id"] for w in self.workers()}
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -328,6 +343,9 @@ def engine_pods(cluster: Any, ns: str, model: str, **extra: str) -> list[dict[st
 
 def pod_url(pod: dict[str, Any]) -> str:
     port = next(
-        p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", []) if p["name"] == "http"
+        p["containerPort"]
+        for c in pod["spec"]["containers"]
+        for p in c.get("ports", [])
+        if p["name"] == "http"
     )
     return f"http://{pod['status']['podIP']}:{port}"

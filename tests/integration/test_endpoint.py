@@ -108,37 +108,273 @@ def chat(router: RouterProc, timeout: float = 10) -> tuple[int, dict | str]:
     return http("POST", f"{router.url}/v1/chat/completions", CHAT, timeout=timeout)
 
 
+class ReadinessWatch:
+    """Samples (workers before, /readiness, workers after) in a thread, to check that the router
+    never says ready while a role has no worker, and says not ready whenever one is missing."""
+
+    def __init__(self, router: RouterProc):
+        self.router, self.samples, self._stop = router, [], False
+        self._t = cf.ThreadPoolExecutor(1)
+        self._f = self._t.submit(self._run)
+
+    def _kinds(self) -> set[str]:
+        try:
+            return {w.get("worker_type") for w in self.router.workers()}
+        except (OSError, RuntimeError):
+            return set()
+
+    def _run(self) -> None:
+        while not self._stop:
+            before = self._kinds()
+            ready = self.router.ready()
+            self.samples.append((before, ready, self._kinds()))
+            time.sleep(0.02)
+
+    def stop(self) -> list[tuple[set, bool, set]]:
+        self._stop = True
+        self._f.result(5)
+        self._t.shutdown()
+        return self.samples
+
+
+BOTH = {"prefill", "decode"}
+
+
+def assert_readiness_consistent(samples: list[tuple[set, bool, set]]) -> None:
+    for before, ready, after in samples:
+        if ready:
+            assert after >= BOTH, f"/readiness 200 with workers of {after} only"
+        elif before >= BOTH and after >= BOTH:
+            pytest.fail(f"/readiness 503 although both roles had workers: {before}")
+
+
 def test_pd_router_registers_rank0_pods_and_serves_chat(cluster, op, ns):
     manifest = pd_two_node_prefill()
-    model, fleet, router = start_pd(cluster, ns, manifest)
-    try:
-        prefill0 = rank0_urls(cluster, ns, model, "prefill")
-        decode0 = rank0_urls(cluster, ns, model, "decode")
-        assert len(prefill0) == 1 and len(decode0) == 1
-        all_prefill = {pod_url(p) for p in engine_pods(cluster, ns, model, **{labels.ROLE: "prefill"})}
-        assert len(all_prefill) == 2  # rank 1 exists ...
-        rank1 = (all_prefill - prefill0).pop()
-        assert http("GET", f"{rank1}/health")[0] == 200  # ... and answers /health
+    model = manifest["metadata"]["name"]
+    apply(cluster, ns, manifest)
+    wait_phase(cluster, model, ns, "Ready", timeout=90)
+    with StandinFleet(cluster.kubeconfig, ns, model) as fleet:
+        router = RouterProc(cluster, ns, model).start()
+        try:
+            assert router.planned_argv[:5] == [
+                "python3",
+                "-m",
+                "sglang_router.launch_router",
+                "--pd-disaggregation",
+                "--service-discovery",
+            ]
+            router.wait_up()
+            watch = ReadinessWatch(router)
+            prefill0 = rank0_urls(cluster, ns, model, "prefill")
+            decode0 = rank0_urls(cluster, ns, model, "decode")
+            assert len(prefill0) == 1 and len(decode0) == 1
+            all_prefill = {pod_url(p) for p in engine_pods(cluster, ns, model, **{labels.ROLE: "prefill"})}
+            assert len(all_prefill) == 2  # the group's rank 1 exists ...
+            rank1 = (all_prefill - prefill0).pop()
+            assert http("GET", f"{rank1}/health")[0] == 200  # ... and answers /health
 
-        wait(lambda: router.worker_urls() == prefill0 | decode0, 30, "the rank-0 workers", router)
-        workers = router.workers()
-        print(json.dumps(workers, indent=1))
-        assert {w["url"] for w in workers if w.get("worker_type") == "prefill"} == prefill0
-        assert {w["url"] for w in workers if w.get("worker_type") == "decode"} == decode0
-        assert rank1 not in router.worker_urls()
-        assert [w.get("bootstrap_port") for w in workers if w.get("worker_type") == "prefill"] == [8998]
-        wait(router.ready, 10, "/readiness", router)
+            wait(lambda: router.worker_urls() == prefill0 | decode0, 30, "the rank-0 workers", router)
+            wait(router.ready, 10, "/readiness", router)
+            workers = router.workers()
+            assert {w["url"] for w in workers if w["worker_type"] == "prefill"} == prefill0
+            assert {w["url"] for w in workers if w["worker_type"] == "decode"} == decode0
+            assert [w["bootstrap_port"] for w in workers if w["worker_type"] == "prefill"] == [8998]
+            log = router.logs()
+            assert "dsv32-exp-pd-prefill-0-0" in log and "dsv32-exp-pd-prefill-0-1" not in log
 
-        status, reply = chat(router)
-        assert status == 200, reply
-        decode_pod = fleet.by_pod(next(e.pod for e in fleet.live() if e.url in decode0))
-        prefill_pod = next(e for e in fleet.live() if e.url in prefill0)
-        assert reply["choices"][0]["message"]["content"] == f"answered by {decode_pod.pod} (decode)"
-        room = reply["standin"]["bootstrap_room"]
-        assert room is not None and room in prefill_pod.rooms() and room in decode_pod.rooms()
-        assert not [s for s in fleet.all_engines() if s.rank > 0 and s.generation_requests() and any(True for _ in s.generation_requests())]
-        print(router.logs()[-3000:])
-        print({e.pod: e.paths()[:20] for e in fleet.all_engines()})
-    finally:
-        router.stop()
-        fleet.close()
+            status, reply = chat(router)
+            assert status == 200, reply
+            decode = next(e for e in fleet.live() if e.url in decode0)
+            prefill = next(e for e in fleet.live() if e.url in prefill0)
+            assert reply["choices"][0]["message"]["content"] == f"answered by {decode.pod} (decode)"
+            room = reply["standin"]["bootstrap_room"]
+            assert room is not None and prefill.rooms() == [room] and decode.rooms() == [room]
+            req = next(prefill.generation_requests()).body
+            assert req["bootstrap_port"] == 8998 and req["bootstrap_host"] == prefill.host
+            assert not [e for e in fleet.all_engines() if e.rank > 0 and list(e.generation_requests())]
+
+            # The decode group restarts: no decode worker, so not ready; ready again with the new pod.
+            old = decode0.pop()
+            cluster.kubectl("delete", "pod", decode.pod, "-n", ns, "--wait=false")
+            wait(lambda: old not in router.worker_urls() and not router.ready(), 30, "decode dropped", router)
+            wait_phase(cluster, model, ns, "Ready", timeout=90)
+            new = rank0_urls(cluster, ns, model, "decode")
+            wait(lambda: router.worker_urls("decode") == new and router.ready(), 30, "new decode", router)
+            assert_readiness_consistent(watch.stop())
+            assert any(not r for _, r, _ in watch.samples) and any(r for _, r, _ in watch.samples)
+        finally:
+            router.stop()
+
+
+def test_group_restart_router_drops_and_reregisters_without_hanging(cluster, op, ns):
+    manifest = pd_two_node_prefill()
+    manifest["spec"]["prefill"]["replicas"] = 2
+    model = manifest["metadata"]["name"]
+    apply(cluster, ns, manifest)
+    wait_phase(cluster, model, ns, "Ready", timeout=90)
+    with StandinFleet(cluster.kubeconfig, ns, model, delay_s=0.05) as fleet:
+        router = RouterProc(cluster, ns, model).start()
+        try:
+            router.wait_up()
+            before = rank0_urls(cluster, ns, model, "prefill")
+            assert len(before) == 2
+            wait(lambda: router.worker_urls("prefill") == before, 30, "both prefill groups", router)
+            wait(router.ready, 10, "/readiness", router)
+            ids_before = router.worker_ids()
+            victim = next(
+                p["metadata"]["name"]
+                for p in engine_pods(cluster, ns, model, **{labels.ROLE: "prefill", labels.GROUP: "0"})
+                if p["metadata"]["labels"][labels.POD_INDEX] == "1"
+            )
+            old_uids = {p["metadata"]["uid"] for p in engine_pods(cluster, ns, model, **{labels.GROUP: "0"})}
+
+            results: list[tuple[float, int | str]] = []
+            stop = time.monotonic() + 600
+
+            def client() -> None:
+                while time.monotonic() < stop:
+                    t0 = time.monotonic()
+                    try:
+                        status, body = chat(router, timeout=10)
+                        results.append(
+                            (time.monotonic() - t0, status if status == 200 else f"{status} {body}")
+                        )
+                    except OSError as e:  # a timeout or a reset: the thing that must not happen
+                        results.append((time.monotonic() - t0, f"error {e!r}"))
+
+            with cf.ThreadPoolExecutor(4) as pool:
+                futures = [pool.submit(client) for _ in range(4)]
+                time.sleep(0.5)
+                cluster.kubectl("delete", "pod", victim, "-n", ns, "--wait=false")
+
+                def restarted() -> bool:
+                    pods = engine_pods(cluster, ns, model, **{labels.ROLE: "prefill", labels.GROUP: "0"})
+                    return (
+                        len(pods) == 2
+                        and not {p["metadata"]["uid"] for p in pods} & old_uids
+                        and all(p["status"].get("podIP") for p in pods)
+                    )
+
+                wait(restarted, 90, "the operator to restart prefill group 0", interval=0.2)
+                after = rank0_urls(cluster, ns, model, "prefill")
+                wait(lambda: router.worker_urls("prefill") == after, 30, "the new group-0 leader", router)
+                time.sleep(1)
+                stop = 0
+                for f in futures:
+                    f.result(15)
+            # kwok may hand the new pods their predecessors' IPs, so compare registrations, not URLs.
+            leader0, leader1 = f"{model}-prefill-0-0", f"{model}-prefill-1-0"
+            assert router.removed(leader0) == 1 and router.added(leader0) == 2, router.logs()[-4000:]
+            assert router.removed(leader1) == 0 and router.added(leader1) == 1
+            assert router.removed(victim) == router.added(victim) == 0  # rank 1: never a worker
+            ids_after = router.worker_ids()
+            assert len(ids_after) == 3 and set(ids_after) == after | rank0_urls(cluster, ns, model, "decode")
+            changed = {u for u in ids_after if ids_before.get(u) != ids_after[u]}
+            assert len(changed) == 1 and changed <= after  # only group 0's leader is a new worker
+            assert results and all(isinstance(r, int) or not r.startswith("error") for _, r in results), [
+                r for _, r in results if not isinstance(r, int)
+            ][:5]
+            assert max(t for t, _ in results) < 10
+            ok = [r for _, r in results if r == 200]
+            assert len(ok) > len(results) // 2
+            new_leader = fleet.by_pod(leader0)
+            assert new_leader is not None and list(new_leader.generation_requests())  # serves again
+            status, _ = chat(router)
+            assert status == 200
+            others = {r for _, r in results} - {200}
+            print(f"restart: {len(results)} requests, {len(ok)} ok, others: {others}")
+        finally:
+            router.stop()
+
+
+def test_scaling_decode_adds_worker_without_restarting_router(cluster, op, ns):
+    manifest = example("12-pd")
+    model = manifest["metadata"]["name"]
+    cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "12-pd.yaml"))
+    wait_phase(cluster, model, ns, "Ready", timeout=90)
+    with StandinFleet(cluster.kubeconfig, ns, model):
+        router = RouterProc(cluster, ns, model).start()
+        try:
+            router.wait_up()
+            wait(lambda: len(router.worker_urls("decode")) == 1, 30, "one decode worker", router)
+            pid = router.router_pid()
+            assert pid is not None
+            cluster.kubectl(
+                "patch",
+                "dsamodel",
+                model,
+                "-n",
+                ns,
+                "--type=merge",
+                "-p",
+                '{"spec":{"decode":{"replicas":2}}}',
+            )
+            wait_phase(cluster, model, ns, "Ready", timeout=90)
+            wait(lambda: len(rank0_urls(cluster, ns, model, "decode")) == 2, 60, "two decode leaders")
+            want = rank0_urls(cluster, ns, model, "decode")
+            wait(lambda: router.worker_urls("decode") == want, 30, "the second decode worker", router)
+            assert router.router_pid() == pid and router.proc.poll() is None
+            served = set()
+            for _ in range(20):
+                status, reply = chat(router)
+                assert status == 200, reply
+                served.add(reply["standin"]["pod"])
+            assert served <= {f"{model}-decode-0-0", f"{model}-decode-1-0"}
+        finally:
+            router.stop()
+
+
+def unified(replicas: int) -> dict:
+    """examples/01-tp-dp-attention.yaml as a 2-node group (so rank-1 pods exist)."""
+    m = copy.deepcopy(example("01-tp-dp-attention"))
+    m["spec"]["serving"]["parallelism"] = {"tp": 8, "pp": 2}
+    m["spec"]["serving"]["replicas"] = replicas
+    return m
+
+
+def test_unified_without_router_service_selects_rank0(cluster, op, ns):
+    manifest = unified(1)
+    model = manifest["metadata"]["name"]
+    apply(cluster, ns, manifest)
+    wait_phase(cluster, model, ns, "Ready", timeout=90)
+    assert cluster.kubectl("get", "deployment", f"{model}-router", "-n", ns, check=False).returncode != 0
+    svc = cluster.kubectl_json("get", "service", model, "-n", ns)
+    sel = ",".join(f"{k}={v}" for k, v in svc["spec"]["selector"].items())
+    selected = cluster.kubectl_json("get", "pods", "-n", ns, "-l", sel)["items"]
+    engines = engine_pods(cluster, ns, model)
+    assert len(engines) == 2
+    assert [p["metadata"]["name"] for p in selected] == [f"{model}-serving-0-0"]
+    with StandinFleet(cluster.kubeconfig, ns, model):
+        url = pod_url(selected[0])
+        wait(lambda: http("GET", f"{url}/health", timeout=2)[0] == 200, 10, "the stand-in")
+        status, reply = http("POST", f"{url}/v1/chat/completions", CHAT)
+        assert status == 200
+        assert reply["choices"][0]["message"]["content"] == f"answered by {model}-serving-0-0 (serving)"
+        rank1 = pod_url(next(p for p in engines if p["metadata"]["name"].endswith("-1")))
+        assert http("POST", f"{rank1}/v1/chat/completions", CHAT)[0] == 404
+
+
+def test_unified_with_router_serves_through_rank0_workers(cluster, op, ns):
+    manifest = unified(2)
+    model = manifest["metadata"]["name"]
+    apply(cluster, ns, manifest)
+    wait_phase(cluster, model, ns, "Ready", timeout=90)
+    svc = cluster.kubectl_json("get", "service", model, "-n", ns)
+    assert svc["spec"]["selector"][labels.COMPONENT] == "router"
+    with StandinFleet(cluster.kubeconfig, ns, model):
+        router = RouterProc(cluster, ns, model).start()
+        try:
+            assert "--selector" in router.planned_argv and "--pd-disaggregation" not in router.planned_argv
+            router.wait_up()
+            want = rank0_urls(cluster, ns, model, "serving")
+            assert len(want) == 2
+            wait(lambda: router.worker_urls() == want, 30, "the two rank-0 workers", router)
+            wait(router.ready, 10, "/readiness", router)
+            served = set()
+            for _ in range(20):
+                status, reply = chat(router)
+                assert status == 200, reply
+                served.add(reply["standin"]["pod"])
+            assert served and served <= {f"{model}-serving-0-0", f"{model}-serving-1-0"}
+        finally:
+            router.stop()
