@@ -121,6 +121,12 @@ class Reconciler:
                     if lbl.get(labels.ROLE) == action.role and lbl.get(labels.GROUP) == str(action.index):
                         self._apply_if_changed(obj, live)
             elif isinstance(action, rollout.DeleteGroup):
+                self.kube.event(
+                    model,
+                    "Normal",
+                    "GroupRemoved",
+                    f"removing group {action.role}-{action.index}: replicas lowered",
+                )
                 self._delete_group(plan.name, meta["namespace"], action.role, action.index, live)
                 mem.groups.pop((action.role, action.index), None)
             elif isinstance(action, rollout.RestartGroup):

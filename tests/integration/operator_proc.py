@@ -96,7 +96,9 @@ def wait_phase(cluster, name: str, ns: str, phase: str, timeout: float = 60) -> 
         if r.returncode:
             return None
         obj = json.loads(r.stdout)
-        return obj if obj.get("status", {}).get("phase") == phase else None
+        status = obj.get("status", {})
+        current = status.get("observedGeneration") == obj["metadata"].get("generation")
+        return obj if current and status.get("phase") == phase else None
 
     try:
         return cluster.wait_for(check, timeout=timeout, interval=0.2, what=f"{ns}/{name} phase {phase}")

@@ -392,3 +392,27 @@ def test_steady_state_writes_nothing(cluster, op, ns):
     writes = cluster.audit_writes("dsa-operator")[before:]
     print(f"\nFIGURE operator API writes over a quiet minute: {len(writes)}")
     assert writes == [], [(w["verb"], w["objectRef"]) for w in writes]
+
+
+def test_scaling_removes_whole_groups_highest_index_first(cluster, op, ns):
+    m = yaml.safe_load((EXAMPLES / "03-pure-tp.yaml").read_text())
+    m["spec"]["serving"]["replicas"] = 3
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(m))
+    wait_phase(cluster, "dsv32-exp-tp", ns, "Ready")
+    m["spec"]["serving"]["replicas"] = 1
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(m))
+    obj = wait_phase(cluster, "dsv32-exp-tp", ns, "Ready")
+    assert obj["status"]["readyGroups"] == "1/1"
+
+    def only_group_0():
+        names = {
+            s["metadata"]["name"] for s in cluster.kubectl_json("get", "statefulsets", "-n", ns)["items"]
+        }
+        return names == {"dsv32-exp-tp-serving-0"}
+
+    cluster.wait_for(only_group_0, timeout=30, what="groups 1 and 2 removed")
+    events = cluster.kubectl_json("get", "events", "-n", ns, "--field-selector", "reason=GroupRemoved")[
+        "items"
+    ]
+    order = [e["message"] for e in sorted(events, key=lambda e: int(e["metadata"]["resourceVersion"]))]
+    assert [o.split()[2].rstrip(":") for o in order] == ["serving-2", "serving-1"], order
