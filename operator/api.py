@@ -15,25 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from dsa_operator.catalog import FamilyName
-from dsa_operator.dialects import DEFAULT_SGLANG_VERSION, VERSION_PATTERN
+from dsa_operator.dialects import ALL_KERNELS, DEFAULT_SGLANG_VERSION, VERSION_PATTERN
 from dsa_operator.errors import PlanError, Problem
 from dsa_operator.hardware import AcceleratorName
 
-KernelName = Literal[
-    "auto",
-    "flashmla_sparse",
-    "flashmla_kv",
-    "flashmla_auto",
-    "fa3",
-    "tilelang",
-    "aiter",
-    "trtllm",
-    "flashmla_sparse_q8",
-    "flashinfer_sparse_mla",
-    "triton_sparse_mla",
-    "triton",
-    "intel_xpu",
-]
+KernelName = Literal["auto", *ALL_KERNELS]  # type: ignore[valid-type]  # the dialects list them
 DEFAULT_IMAGE = "ghcr.io/dsa-operator/dsa-runtime:0.1.0-sglang0.5.23"
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveInt = Annotated[int, Field(ge=1)]

@@ -40,6 +40,9 @@ _DSA_EXTRA_KERNELS = (
 )
 
 
+ALL_KERNELS = _NSA_KERNELS + _DSA_EXTRA_KERNELS
+
+
 @dataclass(frozen=True)
 class Dialect:
     """Flag spelling of one SGLang version."""
