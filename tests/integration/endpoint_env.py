@@ -77,6 +77,13 @@ def http(
         return status, text
 
 
+def healthy(url: str) -> bool:
+    """Whether `url`/health answers 200 (False while nothing listens there yet)."""
+    with contextlib.suppress(OSError):
+        return http("GET", f"{url}/health", timeout=2)[0] == 200
+    return False
+
+
 def api_client(kubeconfig: Path) -> k8s.CoreV1Api:
     return k8s.CoreV1Api(k8s_config.new_client_from_config(str(kubeconfig)))
 
