@@ -392,3 +392,14 @@ def test_unified_with_router_serves_through_rank0_workers(cluster, op, ns):
             assert served and served <= {f"{model}-serving-0-0", f"{model}-serving-1-0"}
         finally:
             router.stop()
+
+
+def test_bench_endpoint_prints_its_figures(cluster, op, ns, capsys):
+    """The benchmark's own code path with a tiny load (the figures themselves are not asserted)."""
+    from tests import bench_endpoint
+
+    figures = bench_endpoint.run(cluster, ns, requests=40, concurrency=4)
+    out = capsys.readouterr().out
+    assert "last pod Ready to router serving it:" in out and " ms" in out
+    assert "requests per second through the router:" in out
+    assert figures["failures"] == 0 and figures["rps"] > 0
