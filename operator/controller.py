@@ -77,7 +77,6 @@ class Reconciler:
         spec = parse_spec(model["spec"])
         desired = render(plan, spec, model)
         live = self._children(meta)
-        group_names = {g.stateful_set for r in plan.roles for g in r.groups}
 
         # Objects outside groups (router, endpoint) and the groups that exist already.
         existing_sts = {n for (k, n) in live if k == "StatefulSet"}
@@ -88,20 +87,7 @@ class Reconciler:
                 self._apply_if_changed(obj, live)
 
         pods = self.kube.list("v1", "Pod", meta["namespace"], _selector({labels.MODEL: plan.name}))
-        by_group = split_by_group(pods)
-        views: list[GroupView] = []
-        known = {(r.role, g.group) for r in plan.roles for g in r.groups}
-        for k, name in live:
-            if k == "StatefulSet":
-                sts = live[(k, name)]
-                lbl = sts["metadata"]["labels"]
-                known.add((lbl[labels.ROLE], int(lbl[labels.GROUP])))
-        nodes = {r.role: r.nodes_per_group for r in plan.roles}
-        for role, index in sorted(known):
-            sts = live.get(("StatefulSet", f"{plan.name}-{role}-{index}"))
-            want = (sts or {}).get("spec", {}).get("replicas", nodes.get(role, 0))
-            views.append(view_group(role, index, sts, by_group.get((role, index), []), want))
-
+        views = self._views(plan, live, pods)
         now = time.monotonic()
         states = [self._state(v, mem, now) for v in views]
         wanted = rollout.Desired(
@@ -110,10 +96,64 @@ class Reconciler:
         )
         actions = rollout.enforce_bounds(states, wanted, rollout.next_step(states, wanted, now))
         log.debug("%s/%s groups %s -> actions %s", *key, states, actions)
-        requeue: float | None = None
-        rolling: list[str] = []
-        backing_off: list[str] = []
+        requeue = self._execute(model, plan.name, actions, views, desired, live, mem, now)
+        self._collect_garbage(plan.name, meta["namespace"], desired, live, pods)
+
+        rolling = sorted(
+            {
+                f"{a.role}-{a.index}"
+                for a in actions
+                if isinstance(a, rollout.RestartGroup) and a.reason == "rollout"
+            }
+            | {f"{s.role}-{s.index}" for s in states if s.restarting and s.outdated}
+        )
+        waiting = [f"{s.role}-{s.index}" for s in states if s.failed] if requeue is not None else []
+        router = live.get(("Deployment", plan.router.deployment)) if plan.router else None
+        router_ready = None if plan.router is None else bool(router) and _ready_replicas(router) >= 1
+        status = compute_status(
+            plan,
+            _as_reported(views, states, actions),
+            router_ready,
+            rolling,
+            waiting,
+            old_status,
+            generation,
+            _now_iso(),
+        )
+        self._write_status(model, old_status, status)
+        return requeue
+
+    def _views(self, plan, live: dict, pods: list[Obj]) -> list[GroupView]:
+        """Every group the plan wants or a StatefulSet still holds, as its pods show it."""
+        by_group = split_by_group(pods)
+        known = {(r.role, g.group) for r in plan.roles for g in r.groups}
+        for (kind, _), obj in live.items():
+            if kind == "StatefulSet":
+                lbl = obj["metadata"]["labels"]
+                known.add((lbl[labels.ROLE], int(lbl[labels.GROUP])))
+        nodes = {r.role: r.nodes_per_group for r in plan.roles}
+        views = []
+        for role, index in sorted(known):
+            sts = live.get(("StatefulSet", f"{plan.name}-{role}-{index}"))
+            want = (sts or {}).get("spec", {}).get("replicas", nodes.get(role, 0))
+            views.append(view_group(role, index, sts, by_group.get((role, index), []), want))
+        return views
+
+    def _execute(
+        self,
+        model: Obj,
+        name: str,
+        actions: list,
+        views: list[GroupView],
+        desired: list[Obj],
+        live: dict,
+        mem: ModelMemory,
+        now: float,
+    ) -> float | None:
+        """Carry out the rollout planner's actions; returns the soonest requeue a Wait asks for."""
+        ns = model["metadata"]["namespace"]
         by_key = {(v.role, v.index): v for v in views}
+        requeue: float | None = None
         for action in actions:
             if isinstance(action, rollout.CreateGroup):
                 for obj in desired:
@@ -121,48 +161,15 @@ class Reconciler:
                     if lbl.get(labels.ROLE) == action.role and lbl.get(labels.GROUP) == str(action.index):
                         self._apply_if_changed(obj, live)
             elif isinstance(action, rollout.DeleteGroup):
-                self.kube.event(
-                    model,
-                    "Normal",
-                    "GroupRemoved",
-                    f"removing group {action.role}-{action.index}: replicas lowered",
-                )
-                self._delete_group(plan.name, meta["namespace"], action.role, action.index, live)
+                group = f"{action.role}-{action.index}"
+                self.kube.event(model, "Normal", "GroupRemoved", f"removing group {group}: replicas lowered")
+                self._delete_group(name, ns, action.role, action.index, live)
                 mem.groups.pop((action.role, action.index), None)
             elif isinstance(action, rollout.RestartGroup):
                 view = by_key[(action.role, action.index)]
                 self._restart(model, view, mem.of(action.role, action.index), action.reason, now)
-                if action.reason == "rollout":
-                    rolling.append(f"{action.role}-{action.index}")
-            elif isinstance(action, rollout.Wait):
-                if action.requeue_after is not None:
-                    requeue = action.requeue_after if requeue is None else min(requeue, action.requeue_after)
-                backing_off += [f"{s.role}-{s.index}" for s in states if s.failed]
-        rolling += [
-            f"{s.role}-{s.index}" for s in states if s.restarting and f"{s.role}-{s.index}" not in rolling
-        ]
-        # What status reports: a group the operator is restarting is not ready, whatever its pods say
-        # (kwok, or a fast node, can bring the replaced pods back before the next look).
-        restarted = {(a.role, a.index) for a in actions if isinstance(a, rollout.RestartGroup)}
-        for i, (v, st) in enumerate(zip(views, states, strict=True)):
-            if st.failed and not v.evidence:
-                v = replace(v, evidence=(Evidence(",".join(v.pods) or "?", "replaced by a new pod"),))
-            if st.key in restarted or st.restarting:
-                v = replace(v, ready=False)
-            views[i] = v
-        self._collect_garbage(plan.name, meta["namespace"], desired, live, group_names, pods)
-
-        router_ready = None
-        if plan.router:
-            dep = self.kube.list(
-                "apps/v1", "Deployment", meta["namespace"], _selector({labels.MODEL: plan.name})
-            )
-            ready = [d for d in dep if d["metadata"]["name"] == plan.router.deployment]
-            router_ready = bool(ready) and (ready[0].get("status", {}).get("readyReplicas") or 0) >= 1
-        status = compute_status(
-            plan, views, router_ready, sorted(set(rolling)), backing_off, old_status, generation, _now_iso()
-        )
-        self._write_status(model, old_status, status)
+            elif isinstance(action, rollout.Wait) and action.requeue_after is not None:
+                requeue = action.requeue_after if requeue is None else min(requeue, action.requeue_after)
         return requeue
 
     # ---- pieces -----------------------------------------------------------------------
@@ -239,39 +246,53 @@ class Reconciler:
             if kind == "ConfigMap" and lbl.get(labels.ROLE) == role and lbl.get(labels.GROUP) == str(index):
                 self.kube.delete("v1", "ConfigMap", ns, n)
 
-    def _collect_garbage(
-        self, model: str, ns: str, desired: list[Obj], live: dict, groups: set[str], pods: list[Obj]
-    ) -> None:
-        """Plan ConfigMaps no pod or template uses, and objects the spec no longer asks for."""
+    def _collect_garbage(self, model: str, ns: str, desired: list[Obj], live: dict, pods: list[Obj]) -> None:
+        """Delete what the spec no longer asks for: plan ConfigMaps no pod uses any more, and
+        objects outside any group (a router that was turned off). A group's own objects go with
+        its StatefulSet (DeleteGroup, highest index first), or once that is already gone."""
         wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
         in_use = {
-            v["configMap"]["name"]
-            for p in pods
-            for v in p.get("spec", {}).get("volumes") or []
-            if v.get("configMap")
+            v["configMap"]["name"] for p in pods for v in p["spec"].get("volumes") or [] if v.get("configMap")
         }
+        groups = {n for (k, n) in live if k == "StatefulSet"}
         for (kind, name), obj in list(live.items()):
-            if (kind, name) in wanted:
-                continue
             lbl = obj["metadata"].get("labels", {})
-            is_group_object = (
-                labels.GROUP in lbl
-                and f"{model}-{lbl.get(labels.ROLE)}-{lbl[labels.GROUP]}"
-                in {n for (k, n) in live if k == "StatefulSet"}
-            )
+            if (kind, name) in wanted or kind == "StatefulSet":
+                continue
             if kind == "ConfigMap" and lbl.get(labels.COMPONENT) == "plan":
-                if name not in in_use:
-                    self.kube.delete("v1", kind, ns, name)
-            elif not is_group_object and kind not in ("StatefulSet",):
-                api_version = obj["apiVersion"]
-                self.kube.delete(api_version, kind, ns, name)
-            live.pop((kind, name), None)
+                stale = name not in in_use
+            elif labels.GROUP in lbl:
+                stale = f"{model}-{lbl.get(labels.ROLE)}-{lbl[labels.GROUP]}" not in groups
+            else:
+                stale = True
+            if stale:
+                self.kube.delete(obj["apiVersion"], kind, ns, name)
+                del live[(kind, name)]
 
     def _write_status(self, model: Obj, old: Obj, new: Obj) -> None:
         new = prune(new)
         if prune(old) == new:
             return
         self.kube.patch_status(model, new)
+
+
+def _ready_replicas(deployment: Obj) -> int:
+    return (deployment.get("status") or {}).get("readyReplicas") or 0
+
+
+def _as_reported(views: list[GroupView], states: list[rollout.GroupState], actions: list) -> list[GroupView]:
+    """What status reports: a group the operator is restarting is not ready, whatever its pods
+    say (kwok, or a fast node, can bring replaced pods back before the next look), and a group
+    whose pod was replaced behind the operator's back is failed."""
+    restarted = {(a.role, a.index) for a in actions if isinstance(a, rollout.RestartGroup)}
+    out = []
+    for v, st in zip(views, states, strict=True):
+        if st.failed and not v.evidence:
+            v = replace(v, evidence=(Evidence(",".join(v.pods) or "?", "replaced by a new pod"),))
+        if st.key in restarted or st.restarting:
+            v = replace(v, ready=False)
+        out.append(v)
+    return out
 
 
 def prune(value: Any) -> Any:
