@@ -216,6 +216,9 @@ def router_argv(ctx: Context) -> list[str]:
                     workers.append(url)
         if workers:
             args += ["--worker-urls", *workers]
+    # /health_generate: a real generation, which only a rank-0 SGLang answers (ranks > 0 answer
+    # /health for kubelet): a worker URL that now belongs to another rank fails and is dropped.
+    args += ["--health-check-endpoint", "/health_generate"]
     args += ["--policy", rt.policy, "--host", "0.0.0.0", "--port", str(rt.port)]
     args += ["--prometheus-port", str(rt.prometheus_port)]
     return args + list(rt.extra_args)

@@ -14,7 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 log = logging.getLogger("dsa_runtime.health")
 
-PATHS = frozenset({"/health", "/ready", "/health_generate"})
+# What kubelet probes. Not /health_generate: the router health-checks workers with it, so a
+# rank > 0 pod that inherits an old leader's address fails the check and is dropped.
+PATHS = frozenset({"/health", "/ready"})
 
 
 def start_health_server(port: int, alive: Callable[[], bool], host: str = "0.0.0.0") -> ThreadingHTTPServer:

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-PROBES = frozenset({"/health", "/health_generate", "/ready", "/liveness"})
+from dsa_runtime.health import PATHS as RANK_PROBES  # what a rank > 0 pod answers, exactly
+
+LEADER_PROBES = frozenset({"/health", "/health_generate", "/ready", "/liveness"})
 MODEL_ID = "standin"
 
 
@@ -125,9 +127,9 @@ class StandinEngine:
         return {"pod": self.pod, "role": self.role, "rank": self.rank}
 
     def _reply(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, Any]:
-        if path in PROBES:
+        if path in (LEADER_PROBES if self.rank == 0 else RANK_PROBES):
             return 200, None
-        if self.rank > 0:  # a non-leader rank: probes only, like runtime/health.py
+        if self.rank > 0:  # a non-leader rank: probes only, as runtime/health.py serves them
             return 404, {"error": "stand-in rank > 0 serves probes only", **self._who()}
         if method == "GET":
             return self._get(path)

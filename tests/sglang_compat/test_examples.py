@@ -162,11 +162,17 @@ def test_static_router_reproduces_row_14(sglang_router_env):
     argv = plan(m).router.argv[3:]
     ours, doc = envs.parse_router_many([argv, ROUTER_ROWS["14-pd-static"]])
     ours, doc = _ok(ours)["namespace"], _ok(doc)["namespace"]
-    # Cluster-filled: the workers' addresses. Ours adds the policy and metrics port it always sets.
+    # Cluster-filled: the workers' addresses. Ours adds the policy and metrics port it always sets,
+    # and health-checks workers with /health_generate, which rank > 0 pods do not answer (the one
+    # deliberate difference: a reused address of a former leader is dropped, never routed to).
     assert len(ours.pop("prefill")) == len(doc.pop("prefill")) == 1
     assert len(ours.pop("decode")) == len(doc.pop("decode")) == 1
     assert (ours.pop("policy"), ours.pop("prometheus_port")) == ("cache_aware", 29000)
     doc.pop("policy"), doc.pop("prometheus_port")
+    assert (ours.pop("health_check_endpoint"), doc.pop("health_check_endpoint")) == (
+        "/health_generate",
+        "/health",
+    )
     assert ours == doc
     assert argv[argv.index("--prefill") + 2] == "8998"
 
