@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.helm.chart import CHART, ROOT, objects, template
-from tests.helm.operator import LocalOperator
+from tests.integration.operator_proc import Operator
 
 pytestmark = pytest.mark.integration
 EXAMPLES = ROOT / "examples"
@@ -36,7 +36,7 @@ def wait_phase(cluster, ns: str, name: str, phase: str, timeout: float = 120) ->
         raise TimeoutError(f"{ns}/{name} never reached {phase}:\n{r.stdout}") from None
 
 
-def point_webhook(cluster, vwc: str, op: LocalOperator) -> None:
+def point_webhook(cluster, vwc: str, op: Operator) -> None:
     """The API server cannot reach pods of kwok nodes: send the chart's webhook to the local operator
     (same rules, path and failure policy; only the address and CA differ)."""
     path = cluster.kubectl_json("get", "validatingwebhookconfiguration", vwc)["webhooks"][0]["clientConfig"]
@@ -53,7 +53,7 @@ def point_webhook(cluster, vwc: str, op: LocalOperator) -> None:
     cluster.kubectl("patch", "validatingwebhookconfiguration", vwc, "--type=json", "-p", json.dumps(patch))
 
 
-def repoint_webhook(cluster, vwc: str, op: LocalOperator) -> None:
+def repoint_webhook(cluster, vwc: str, op: Operator) -> None:
     hook = cluster.kubectl_json("get", "validatingwebhookconfiguration", vwc)["webhooks"][0]
     url = hook["clientConfig"]["url"].rsplit("/", 1)[1]
     patch = [
@@ -210,7 +210,7 @@ def ops(cluster):
     rel, ns = "ops", "ops-system"
     cluster.helm("install", rel, str(CHART), "-n", ns, "--create-namespace")
     kubeconfig = cluster.sa_kubeconfig(ns, "ops-dsa-operator", create=False)
-    op = LocalOperator(cluster, kubeconfig, "ops-operator", webhook=True).start()
+    op = Operator(cluster, kubeconfig, "ops-operator", webhook=True, managed=False).start()
     try:
         op.wait_healthy()
         point_webhook(cluster, "ops-dsa-operator", op)
@@ -314,8 +314,8 @@ def test_operator_without_a_rule_fails_loudly(cluster, ops) -> None:
         "subjects": [{"kind": "ServiceAccount", "name": "broken", "namespace": "ops-system"}],
     }
     cluster.apply([broken, binding])
-    op = LocalOperator(
-        cluster, cluster.sa_kubeconfig("ops-system", "broken"), "broken-operator", webhook=True
+    op = Operator(
+        cluster, cluster.sa_kubeconfig("ops-system", "broken"), "broken-operator", webhook=True, managed=False
     )
     op.start()
     try:

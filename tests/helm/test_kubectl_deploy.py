@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.helm.chart import DEPLOY, ROOT
-from tests.helm.operator import LocalOperator
 from tests.helm.test_install import CRD, free_gpus, model_ns, wait_phase  # noqa: F401
+from tests.integration.operator_proc import Operator
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ def test_kubectl_apply_deploy_reconcile_and_delete(cluster) -> None:
         assert not cluster.kubectl("get", "validatingwebhookconfiguration", "-o", "name").stdout.strip()
         # With a webhook server on loopback (registered nowhere): see test_deploy_args_start below.
         kubeconfig = cluster.sa_kubeconfig("dsa-system", "dsa-operator", create=False)
-        op = LocalOperator(cluster, kubeconfig, "deploy-op", webhook=True)
+        op = Operator(cluster, kubeconfig, "deploy-op", webhook=True, managed=False)
         op.start()
         try:
             op.wait_healthy()
@@ -50,7 +50,7 @@ def test_deploy_args_start_the_operator(cluster) -> None:
         a for a in dep["spec"]["template"]["spec"]["containers"][0]["args"] if not a.startswith("--liveness")
     ]
     assert args[0] == "run"
-    op = LocalOperator(cluster, cluster.kubeconfig, "deploy-args-op", extra=tuple(args[1:]))
+    op = Operator(cluster, cluster.kubeconfig, "deploy-args-op", webhook=False, extra=tuple(args[1:]))
     op.start()
     try:
         op.wait_healthy(timeout=30)

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from kubernetes import watch as k8s_watch
 
 from dsa_operator import labels
 from tests.cluster.harness import _free_ports
+from tests.processes import stop_group
 from tests.sglang_compat import envs
 from tests.standin_engine import StandinEngine
 
@@ -320,13 +320,7 @@ class RouterProc:
         return {w["url"]: w["id"] for w in self.workers()}
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc)
         if self.proc:
             self._out.close()
 

@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from tests.cluster.harness import _free_ports
+from tests.processes import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 WEBHOOK_CONFIG = "dsa-operator.serving.dsa.dev"
@@ -26,12 +28,15 @@ class Operator:
         name: str = "operator",
         webhook: bool = True,
         extra: tuple[str, ...] = (),
+        managed: bool = True,
     ):
+        """`managed`: kopf keeps the webhook configuration itself (--webhook-managed); otherwise
+        the operator only serves it, as under the Helm chart, which registers it."""
         self.cluster = cluster
         self.kubeconfig = kubeconfig
         self.log_file = cluster.workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
-        self.webhook = webhook
+        self.webhook, self.managed = webhook, managed
         self.extra = extra
         self.liveness_port, self.webhook_port = _free_ports(2)
 
@@ -52,8 +57,9 @@ class Operator:
                 "--webhook-host=127.0.0.1",
                 f"--webhook-cert={cert}",
                 f"--webhook-key={key}",
-                f"--webhook-managed={WEBHOOK_CONFIG}",
             ]
+            if self.managed:
+                args.append(f"--webhook-managed={WEBHOOK_CONFIG}")
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1")
         self.out = open(self.log_file, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -73,15 +79,20 @@ class Operator:
         self.cluster.wait_for(configured, timeout=timeout, what="the operator's webhook configuration")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc, sig)
         if self.proc:
             self.out.close()
+            self.proc = None
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Until kopf's liveness endpoint answers (the operator is up and watching)."""
+
+        def ok() -> bool:
+            assert self.alive(), f"operator exited:\n{self.logs()[-3000:]}"
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
+                return r.status == 200
+
+        self.cluster.wait_for(ok, timeout=timeout, what="operator /healthz")
 
     def logs(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
