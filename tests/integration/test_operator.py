@@ -416,3 +416,34 @@ def test_scaling_removes_whole_groups_highest_index_first(cluster, op, ns):
     ]
     order = [e["message"] for e in sorted(events, key=lambda e: int(e["metadata"]["resourceVersion"]))]
     assert [o.split()[2].rstrip(":") for o in order] == ["serving-2", "serving-1"], order
+
+
+def test_pd_rollout_interleaves_prefill_and_decode(cluster, op, ns):
+    m = yaml.safe_load((EXAMPLES / "12-pd.yaml").read_text())
+    m["spec"]["decode"]["replicas"] = 2
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(m))
+    wait_phase(cluster, "dsv32-exp-pd", ns, "Ready")
+
+    def engine_uids() -> dict[str, str]:
+        return {
+            f"{p['metadata']['labels'][labels.ROLE]}-{p['metadata']['labels'][labels.GROUP]}": p["metadata"][
+                "uid"
+            ]
+            for p in pods(cluster, ns, "dsv32-exp-pd", **ENGINE)
+            if not p["metadata"].get("deletionTimestamp")
+        }
+
+    before = engine_uids()
+    m["spec"]["prefill"]["memFractionStatic"] = 0.85
+    m["spec"]["decode"]["memFractionStatic"] = 0.85
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(m))
+    order: list[str] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and len(order) < len(before):
+        for group, uid in engine_uids().items():
+            if uid != before.get(group) and group not in order:
+                order.append(group)
+        time.sleep(0.05)
+    print(f"\nFIGURE PD rollout order: {order}")
+    assert order == ["prefill-0", "decode-0", "decode-1"]
+    wait_phase(cluster, "dsv32-exp-pd", ns, "Ready")
