@@ -199,7 +199,8 @@ def cache_root() -> Path:
 
 
 def _key(packages: Sequence[str]) -> str:
-    blob = json.dumps(sorted(packages)).encode() + PYTHON.encode()
+    # The interpreter's version, not its path: a clone elsewhere (CI) reuses the same dirs.
+    blob = json.dumps(sorted(packages)).encode() + sys.version.encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
