@@ -47,7 +47,6 @@ def load_client_config() -> client.ApiClient:
 @dataclass
 class Kube:
     api: client.ApiClient
-    writes: int = 0  # counted for logs and tests
     _resources: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -66,13 +65,11 @@ class Kube:
 
     def apply(self, obj: Obj) -> None:
         """Server-side apply under the operator's one field manager."""
-        self.writes += 1
         self._res(obj["apiVersion"], obj["kind"]).server_side_apply(
             body=obj, field_manager=FIELD_MANAGER, force_conflicts=True
         )
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        self.writes += 1
         with contextlib.suppress(NotFoundError):
             self._res(api_version, kind).delete(
                 name=name, namespace=namespace, body={"propagationPolicy": "Background"}
@@ -80,7 +77,6 @@ class Kube:
 
     def delete_pods(self, namespace: str, selector: str) -> None:
         """All pods of a group at once: one NCCL world goes down together."""
-        self.writes += 1
         self.core.delete_collection_namespaced_pod(namespace, label_selector=selector)
 
     def event(self, model: Obj, kind: str, reason: str, message: str) -> None:
@@ -105,14 +101,12 @@ class Kube:
             source=client.V1EventSource(component=FIELD_MANAGER),
             reporting_component=FIELD_MANAGER,
         )
-        self.writes += 1
         try:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException as e:  # an Event is evidence, not a reason to stop reconciling
             log.warning("could not record event %s: %s", reason, e.reason)
 
     def patch_status(self, model: Obj, status: Obj) -> None:
-        self.writes += 1
         meta = model["metadata"]
         client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
             GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": status}

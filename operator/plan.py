@@ -65,6 +65,7 @@ class HardwarePlan(_Out):
     gpus_per_node: int
     resource: str
     product: str
+    product_label: str  # the node label that carries `product`
 
 
 class ModelPlan(_Out):

@@ -124,6 +124,7 @@ def _emit(ctx: Context) -> Plan:
             gpus_per_node=ctx.gpus_per_node,
             resource=a.resource,
             product=a.product,
+            product_label=a.product_label,
         ),
         model=ModelPlan(
             family=ctx.family.name,

@@ -183,9 +183,7 @@ def _engine_statefulset(
         )
     node_selector = dict(spec.hardware.node_selector)
     if spec.hardware.select_by_product:
-        from dsa_operator.hardware import ACCELERATORS
-
-        node_selector.setdefault(ACCELERATORS[plan.hardware.accelerator].product_label, plan.hardware.product)
+        node_selector.setdefault(plan.hardware.product_label, plan.hardware.product)
     pod_spec: Obj = {
         "containers": [container],
         "initContainers": init,

@@ -315,13 +315,10 @@ def extra_args_not_owned(ctx: Context) -> Iterator[Problem]:
 
 
 # Flags SGLang removed, by the first version without them (0.5.x patch number), and what replaces them.
+# (The removed --nsa-* flags are the planner's own: OWNED_FLAGS refuses them in every version.)
 REMOVED_FLAGS: dict[str, tuple[int, str]] = {
     "--collect-tokens-histogram": (20, "token histograms come with enableMetrics"),
     "--cuda-graph-max-bs": (20, "set cudaGraphMaxBatchSize (spelled --cuda-graph-max-bs-decode there)"),
-    "--enable-nsa-prefill-context-parallel": (20, "set parallelism.contextParallel.mode"),
-    "--nsa-prefill-cp-mode": (20, "set parallelism.contextParallel.mode"),
-    "--nsa-prefill-backend": (20, "set kernels.prefill"),
-    "--nsa-decode-backend": (20, "set kernels.decode"),
 }
 
 
