@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # appended, so the stdlib `operator` stays first
 
 from tests.integration.endpoint_env import RouterProc, StandinFleet, api_client, pod_url, wait  # noqa: E402
-from tests.integration.operator_proc import Operator, wait_phase  # noqa: E402
+from tests.integration.operator_proc import Operator, install_crd, wait_phase  # noqa: E402
 
 MODEL = "dsv32-exp-pd"
 CHAT = json.dumps({"model": "standin", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
@@ -156,21 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     harness.install_signal_handlers()
     harness.ensure_binaries(quiet=True)
     with harness.Cluster(nodes=4, verbose=False) as cluster:
-        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cluster.wait_for(
-            lambda: (
-                cluster.kubectl(
-                    "wait",
-                    "--for=condition=Established",
-                    "crd/dsamodels.serving.dsa.dev",
-                    "--timeout=5s",
-                    check=False,
-                ).returncode
-                == 0
-            ),
-            timeout=30,
-            what="the DSAModel CRD",
-        )
+        install_crd(cluster)
         op = Operator(cluster, cluster.mint_user("dsa-operator", groups=["system:masters"]), webhook=False)
         op.start()
         try:

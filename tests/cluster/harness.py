@@ -637,6 +637,20 @@ class Cluster:
         self.kubectl("patch", "pod", pod, "-n", namespace, "--subresource=status", "-p", json.dumps(patch))
         return self.kubectl_json("get", "pod", pod, "-n", namespace)
 
+    def wait_established(self, crd: str, timeout: float = 30) -> None:
+        """Until the CRD is served. `kubectl wait` errors (rather than waits) while a new CRD has
+        no conditions yet, so it is retried."""
+        self.wait_for(
+            lambda: (
+                self.kubectl(
+                    "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=5s", check=False
+                ).returncode
+                == 0
+            ),
+            timeout=timeout,
+            what=f"CRD {crd} Established",
+        )
+
     def node_names(self) -> list[str]:
         return [f"{self.node_prefix}-{i}" for i in range(self.nodes)]
 

@@ -133,7 +133,7 @@ def test_install_upgrade_uninstall(cluster) -> None:
     r = cluster.helm("install", rel, str(CHART), "-n", ns, "--create-namespace")
     try:
         assert "port-forward svc/dsv32-exp-tp 8000" in r.stdout and "/v1/models" in r.stdout, r.stdout
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=30s")
+        cluster.wait_established(CRD)
         names = set(_by_instance(cluster, rel, ns))
         for want in (
             "deployment.apps/lc-dsa-operator",

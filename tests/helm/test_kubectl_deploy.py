@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 def test_kubectl_apply_deploy_reconcile_and_delete(cluster) -> None:
     cluster.kubectl("apply", "-f", str(DEPLOY))
     try:
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=30s")
+        cluster.wait_established(CRD)
         cluster.kubectl("rollout", "status", "deployment/dsa-operator", "-n", "dsa-system", "--timeout=60s")
         assert not cluster.kubectl("get", "validatingwebhookconfiguration", "-o", "name").stdout.strip()
         # With a webhook server on loopback (registered nowhere): see test_deploy_args_start below.

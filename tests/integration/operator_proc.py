@@ -101,6 +101,12 @@ class Operator:
         return self.proc is not None and self.proc.poll() is None
 
 
+def install_crd(cluster) -> None:
+    """The DSAModel CRD from crds/, served."""
+    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    cluster.wait_established("dsamodels.serving.dsa.dev")
+
+
 def wait_phase(cluster, name: str, ns: str, phase: str, timeout: float = 60) -> dict:
     def check():
         r = cluster.kubectl("get", "dsamodel", name, "-n", ns, "-o", "json", check=False)

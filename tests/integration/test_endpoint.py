@@ -13,7 +13,6 @@ import copy
 import json
 import os
 import time
-import uuid
 
 import pytest
 import yaml
@@ -29,7 +28,7 @@ from tests.integration.endpoint_env import (
     pod_url,
     wait,
 )
-from tests.integration.operator_proc import ROOT, Operator, wait_phase
+from tests.integration.operator_proc import ROOT, Operator, install_crd, wait_phase
 
 pytestmark = pytest.mark.integration
 EXAMPLES = ROOT / "examples"
@@ -52,22 +51,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def op(cluster):
-    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-    # `kubectl wait` errors (rather than waits) while the new CRD has no conditions yet: retry it.
-    cluster.wait_for(
-        lambda: (
-            cluster.kubectl(
-                "wait",
-                "--for=condition=Established",
-                "crd/dsamodels.serving.dsa.dev",
-                "--timeout=5s",
-                check=False,
-            ).returncode
-            == 0
-        ),
-        timeout=30,
-        what="the DSAModel CRD",
-    )
+    install_crd(cluster)
     kubeconfig = cluster.mint_user("dsa-operator", groups=["system:masters"])
     o = Operator(cluster, kubeconfig, webhook=False).start()
     try:
@@ -75,14 +59,6 @@ def op(cluster):
     finally:
         o.stop()
         assert "Traceback" not in o.logs(), o.logs()[-4000:]
-
-
-@pytest.fixture
-def ns(cluster):
-    name = f"t-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=60s", check=False)
 
 
 def example(name: str) -> dict:

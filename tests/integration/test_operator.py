@@ -10,7 +10,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 
 import pytest
 import yaml
@@ -18,7 +17,7 @@ import yaml
 from dsa_operator import labels
 from dsa_operator.planner import plan
 from tests.cluster import harness
-from tests.integration.operator_proc import ROOT, WEBHOOK_CONFIG, Operator, wait_phase
+from tests.integration.operator_proc import ROOT, WEBHOOK_CONFIG, Operator, install_crd, wait_phase
 
 pytestmark = pytest.mark.integration
 EXAMPLES = ROOT / "examples"
@@ -44,8 +43,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def op(cluster):
-    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/dsamodels.serving.dsa.dev", "--timeout=30s")
+    install_crd(cluster)
     kubeconfig = cluster.mint_user("dsa-operator", groups=["system:masters"])
     o = Operator(cluster, kubeconfig).start()
     try:
@@ -54,14 +52,6 @@ def op(cluster):
     finally:
         o.stop()
         assert "Traceback" not in o.logs(), o.logs()[-4000:]
-
-
-@pytest.fixture
-def ns(cluster):
-    name = f"t-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=60s", check=False)
 
 
 def apply_example(cluster, ns: str, example: str) -> dict:
