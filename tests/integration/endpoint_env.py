@@ -308,6 +308,10 @@ class RouterProc:
         raw = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
         return ANSI.sub("", raw)
 
+    def events(self) -> str:
+        """The log without the per-request lines (tests poll /workers many times a second)."""
+        return "\n".join(line for line in self.logs().splitlines() if "http_request{" not in line)
+
     def added(self, pod: str) -> int:
         """How often discovery registered `pod` (its log line: `Adding pod: NAME | type: ...`)."""
         return len(re.findall(rf"Adding pod: {re.escape(pod)} \|", self.logs()))
@@ -325,16 +329,25 @@ class RouterProc:
             self._out.close()
 
 
-def wait(pred: Any, timeout: float, what: str, router: RouterProc | None = None, interval: float = 0.05):
-    """Poll `pred` until truthy; on timeout say what, with the router's log tail."""
+def wait(
+    pred: Any,
+    timeout: float,
+    what: str,
+    router: RouterProc | None = None,
+    interval: float = 0.05,
+    show: Any = None,
+):
+    """Poll `pred` until truthy; on timeout say what, what `show()` sees then, and the router's
+    log tail."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         v = pred()
         if v:
             return v
         time.sleep(interval)
-    tail = f"\nrouter log:\n{router.logs()[-4000:]}" if router else ""
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}{tail}")
+    seen = f"\nseen: {show()}" if show else ""
+    tail = f"\nrouter log (requests left out):\n{router.events()[-6000:]}" if router else ""
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}{seen}{tail}")
 
 
 def engine_pods(cluster: Any, ns: str, model: str, **extra: str) -> list[dict[str, Any]]:

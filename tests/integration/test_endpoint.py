@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import copy
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -78,11 +79,20 @@ def apply(cluster, ns: str, manifest: dict) -> None:
 
 
 def rank0_urls(cluster, ns: str, model: str, role: str) -> set[str]:
+    """URLs of the role's group leaders that are up: an address, and not on their way out."""
     return {
         pod_url(p)
         for p in engine_pods(cluster, ns, model, **{labels.ROLE: role})
-        if p["metadata"]["labels"][labels.POD_INDEX] == "0" and p["status"].get("podIP")
+        if p["metadata"]["labels"][labels.POD_INDEX] == "0"
+        and p["status"].get("podIP")
+        and not p["metadata"].get("deletionTimestamp")
     }
+
+
+def pod_uid(cluster, ns: str, name: str) -> str | None:
+    """The UID of pod `name`, or None while there is none (a StatefulSet pod's name outlives it)."""
+    pods = cluster.kubectl_json("get", "pods", "-n", ns, "--field-selector", f"metadata.name={name}")
+    return pods["items"][0]["metadata"]["uid"] if pods["items"] else None
 
 
 def start_pd(cluster, ns: str, manifest: dict, delay_s: float = 0.0):
@@ -101,12 +111,22 @@ def chat(router: RouterProc, timeout: float = 10) -> tuple[int, dict | str]:
 
 class ReadinessWatch:
     """Samples (workers before, /readiness, workers after) in a thread, to check that the router
-    never says ready while a role has no worker, and says not ready whenever one is missing."""
+    never says ready while a role has no worker, and says not ready whenever one is missing.
+
+    A context manager, and the thread a daemon: a failing test must not leave it polling (a
+    non-daemon thread would keep the interpreter from exiting after pytest is done)."""
 
     def __init__(self, router: RouterProc):
-        self.router, self.samples, self._stop = router, [], False
-        self._t = cf.ThreadPoolExecutor(1)
-        self._f = self._t.submit(self._run)
+        self.router, self.samples = router, []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, name="readiness-watch", daemon=True)
+
+    def __enter__(self) -> ReadinessWatch:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def _kinds(self) -> set[str]:
         try:
@@ -115,16 +135,15 @@ class ReadinessWatch:
             return set()
 
     def _run(self) -> None:
-        while not self._stop:
+        while not self._stop.is_set():
             before = self._kinds()
             ready = self.router.ready()
             self.samples.append((before, ready, self._kinds()))
-            time.sleep(0.02)
+            self._stop.wait(0.02)
 
     def stop(self) -> list[tuple[set, bool, set]]:
-        self._stop = True
-        self._f.result(5)
-        self._t.shutdown()
+        self._stop.set()
+        self._t.join(10)
         return self.samples
 
 
@@ -155,44 +174,69 @@ def test_pd_router_registers_rank0_pods_and_serves_chat(cluster, op, ns):
                 "--service-discovery",
             ]
             router.wait_up()
-            watch = ReadinessWatch(router)
-            prefill0 = rank0_urls(cluster, ns, model, "prefill")
-            decode0 = rank0_urls(cluster, ns, model, "decode")
-            assert len(prefill0) == 1 and len(decode0) == 1
-            all_prefill = {pod_url(p) for p in engine_pods(cluster, ns, model, **{labels.ROLE: "prefill"})}
-            assert len(all_prefill) == 2  # the group's rank 1 exists ...
-            rank1 = (all_prefill - prefill0).pop()
-            assert http("GET", f"{rank1}/health")[0] == 200  # ... and answers /health
+            with ReadinessWatch(router) as watch:
+                prefill0 = rank0_urls(cluster, ns, model, "prefill")
+                decode0 = rank0_urls(cluster, ns, model, "decode")
+                assert len(prefill0) == 1 and len(decode0) == 1
+                all_prefill = {
+                    pod_url(p) for p in engine_pods(cluster, ns, model, **{labels.ROLE: "prefill"})
+                }
+                assert len(all_prefill) == 2  # the group's rank 1 exists ...
+                rank1 = (all_prefill - prefill0).pop()
+                assert http("GET", f"{rank1}/health")[0] == 200  # ... and answers /health
 
-            wait(lambda: router.worker_urls() == prefill0 | decode0, 30, "the rank-0 workers", router)
-            wait(router.ready, 10, "/readiness", router)
-            workers = router.workers()
-            assert {w["url"] for w in workers if w["worker_type"] == "prefill"} == prefill0
-            assert {w["url"] for w in workers if w["worker_type"] == "decode"} == decode0
-            assert [w["bootstrap_port"] for w in workers if w["worker_type"] == "prefill"] == [8998]
-            log = router.logs()
-            assert "dsv32-exp-pd-prefill-0-0" in log and "dsv32-exp-pd-prefill-0-1" not in log
+                wait(lambda: router.worker_urls() == prefill0 | decode0, 30, "the rank-0 workers", router)
+                wait(router.ready, 10, "/readiness", router)
+                workers = router.workers()
+                assert {w["url"] for w in workers if w["worker_type"] == "prefill"} == prefill0
+                assert {w["url"] for w in workers if w["worker_type"] == "decode"} == decode0
+                assert [w["bootstrap_port"] for w in workers if w["worker_type"] == "prefill"] == [8998]
+                log = router.logs()
+                assert "dsv32-exp-pd-prefill-0-0" in log and "dsv32-exp-pd-prefill-0-1" not in log
 
-            status, reply = chat(router)
-            assert status == 200, reply
-            decode = next(e for e in fleet.live() if e.url in decode0)
-            prefill = next(e for e in fleet.live() if e.url in prefill0)
-            assert reply["choices"][0]["message"]["content"] == f"answered by {decode.pod} (decode)"
-            room = reply["standin"]["bootstrap_room"]
-            assert room is not None and prefill.rooms() == [room] and decode.rooms() == [room]
-            req = next(prefill.generation_requests()).body
-            assert req["bootstrap_port"] == 8998 and req["bootstrap_host"] == prefill.host
-            assert not [e for e in fleet.all_engines() if e.rank > 0 and list(e.generation_requests())]
+                status, reply = chat(router)
+                assert status == 200, reply
+                decode = next(e for e in fleet.live() if e.url in decode0)
+                prefill = next(e for e in fleet.live() if e.url in prefill0)
+                assert reply["choices"][0]["message"]["content"] == f"answered by {decode.pod} (decode)"
+                room = reply["standin"]["bootstrap_room"]
+                assert room is not None and prefill.rooms() == [room] and decode.rooms() == [room]
+                req = next(prefill.generation_requests()).body
+                assert req["bootstrap_port"] == 8998 and req["bootstrap_host"] == prefill.host
+                assert not [e for e in fleet.all_engines() if e.rank > 0 and list(e.generation_requests())]
 
-            # The decode group restarts: no decode worker, so not ready; ready again with the new pod.
-            old = decode0.pop()
-            cluster.kubectl("delete", "pod", decode.pod, "-n", ns, "--wait=false")
-            wait(lambda: old not in router.worker_urls() and not router.ready(), 30, "decode dropped", router)
-            wait_phase(cluster, model, ns, "Ready", timeout=90)
-            new = rank0_urls(cluster, ns, model, "decode")
-            wait(lambda: router.worker_urls("decode") == new and router.ready(), 30, "new decode", router)
-            assert_readiness_consistent(watch.stop())
-            assert any(not r for _, r, _ in watch.samples) and any(r for _, r, _ in watch.samples)
+                # The decode group restarts: no decode worker, so not ready; ready again with the new pod.
+                old = decode0.pop()
+                old_uid = pod_uid(cluster, ns, decode.pod)
+                cluster.kubectl("delete", "pod", decode.pod, "-n", ns, "--wait=false")
+                wait(
+                    lambda: old not in router.worker_urls() and not router.ready(),
+                    30,
+                    "decode dropped",
+                    router,
+                )
+                # The status may still say Ready for a moment after the deletion, so wait for
+                # the successor pod itself, then for the operator to call the model Ready again.
+                wait(
+                    lambda: (
+                        pod_uid(cluster, ns, decode.pod) not in (None, old_uid)
+                        and rank0_urls(cluster, ns, model, "decode")
+                    ),
+                    90,
+                    "the decode group's new leader",
+                    interval=0.2,
+                )
+                wait_phase(cluster, model, ns, "Ready", timeout=90)
+                new = rank0_urls(cluster, ns, model, "decode")
+                wait(
+                    lambda: router.worker_urls("decode") == new and router.ready(),
+                    30,
+                    "new decode",
+                    router,
+                    show=lambda: (new, router.workers(), router.ready()),
+                )
+                assert_readiness_consistent(watch.stop())
+                assert any(not r for _, r, _ in watch.samples) and any(r for _, r, _ in watch.samples)
         finally:
             router.stop()
 
@@ -220,10 +264,10 @@ def test_group_restart_router_drops_and_reregisters_without_hanging(cluster, op,
             old_uids = {p["metadata"]["uid"] for p in engine_pods(cluster, ns, model, **{labels.GROUP: "0"})}
 
             results: list[tuple[float, int | str]] = []
-            stop = time.monotonic() + 600
+            done = threading.Event()  # set in `finally`: a failing wait must not leave clients running
 
             def client() -> None:
-                while time.monotonic() < stop:
+                while not done.is_set():
                     t0 = time.monotonic()
                     try:
                         status, body = chat(router, timeout=10)
@@ -235,22 +279,24 @@ def test_group_restart_router_drops_and_reregisters_without_hanging(cluster, op,
 
             with cf.ThreadPoolExecutor(4) as pool:
                 futures = [pool.submit(client) for _ in range(4)]
-                time.sleep(0.5)
-                cluster.kubectl("delete", "pod", victim, "-n", ns, "--wait=false")
+                try:
+                    time.sleep(0.5)
+                    cluster.kubectl("delete", "pod", victim, "-n", ns, "--wait=false")
 
-                def restarted() -> bool:
-                    pods = engine_pods(cluster, ns, model, **{labels.ROLE: "prefill", labels.GROUP: "0"})
-                    return (
-                        len(pods) == 2
-                        and not {p["metadata"]["uid"] for p in pods} & old_uids
-                        and all(p["status"].get("podIP") for p in pods)
-                    )
+                    def restarted() -> bool:
+                        pods = engine_pods(cluster, ns, model, **{labels.ROLE: "prefill", labels.GROUP: "0"})
+                        return (
+                            len(pods) == 2
+                            and not {p["metadata"]["uid"] for p in pods} & old_uids
+                            and all(p["status"].get("podIP") for p in pods)
+                        )
 
-                wait(restarted, 90, "the operator to restart prefill group 0", interval=0.2)
-                after = rank0_urls(cluster, ns, model, "prefill")
-                wait(lambda: router.worker_urls("prefill") == after, 30, "the new group-0 leader", router)
-                time.sleep(1)
-                stop = 0
+                    wait(restarted, 90, "the operator to restart prefill group 0", interval=0.2)
+                    after = rank0_urls(cluster, ns, model, "prefill")
+                    wait(lambda: router.worker_urls("prefill") == after, 30, "the new group-0 leader", router)
+                    time.sleep(1)
+                finally:
+                    done.set()
                 for f in futures:
                     f.result(15)
             # kwok may hand the new pods their predecessors' IPs, so compare registrations, not URLs.
