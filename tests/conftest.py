@@ -20,6 +20,7 @@ DSA_CLUSTER_BIN_DIR (use binaries from there).
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -45,6 +46,19 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "integration: needs the local control plane (tests/cluster); slow to build once"
     )
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_threads():
+    """A test may not leave a non-daemon thread running: the interpreter waits for those at
+    exit, so one left polling by a failed test keeps the whole run from ending."""
+    before = set(threading.enumerate())
+    yield
+    left = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
+    for t in left:
+        t.join(5)
+    left = [t.name for t in left if t.is_alive()]
+    assert not left, f"the test left non-daemon threads running: {left}"
 
 
 @pytest.fixture(scope="session")
