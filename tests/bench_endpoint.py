@@ -103,7 +103,7 @@ def throughput(router: RouterProc, requests: int, concurrency: int) -> tuple[flo
                 worst[0] = max(worst[0], dt)
         conn.close()
 
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
     t0 = time.monotonic()
     for t in threads:
         t.start()
@@ -153,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
     args = ap.parse_args(argv)
-    harness.install_signal_handlers()
-    harness.ensure_binaries(quiet=True)
-    with harness.Cluster(nodes=4, verbose=False) as cluster:
+    with harness.running(nodes=4, verbose=False) as cluster:
         install_crd(cluster)
         op = Operator(cluster, cluster.mint_user("dsa-operator", groups=["system:masters"]), webhook=False)
         op.start()

@@ -63,16 +63,9 @@ def no_leftover_threads():
 
 @pytest.fixture(scope="session")
 def cluster():
-    harness.install_signal_handlers()  # SIGTERM/SIGHUP -> SystemExit, so finalizers still run
-    if os.environ.get("DSA_CLUSTER_SKIP_BUILD") != "1":
-        harness.ensure_binaries()
-    c = harness.Cluster(nodes=int(os.environ.get("DSA_CLUSTER_NODES", "4")))
-    c.start()
-    print(f"\n[cluster] start-to-ready {c.startup_seconds:.1f}s")
-    try:
+    with harness.running(nodes=int(os.environ.get("DSA_CLUSTER_NODES", "4"))) as c:
+        print(f"\n[cluster] start-to-ready {c.startup_seconds:.1f}s")
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture

@@ -44,9 +44,10 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -115,6 +116,19 @@ def ensure_binaries(quiet: bool = False) -> dict[str, Path]:
     if not all(os.access(p, os.X_OK) for p in paths.values()) or not (STATE_DIR / "bin").is_dir():
         subprocess.run(["bash", str(BUILD_SH)], check=True, stdout=subprocess.DEVNULL if quiet else None)
     return paths
+
+
+@contextlib.contextmanager
+def running(**cluster_args: Any) -> Iterator[Cluster]:
+    """A started Cluster, stopped however the block ends: what every cluster fixture does.
+
+    Binaries are built or reused first, unless DSA_CLUSTER_SKIP_BUILD=1; SIGTERM/SIGHUP become
+    SystemExit so that the stop still runs when the test run is killed."""
+    install_signal_handlers()
+    if os.environ.get("DSA_CLUSTER_SKIP_BUILD") != "1":
+        ensure_binaries(quiet=not cluster_args.get("verbose", True))
+    with Cluster(**cluster_args) as c:
+        yield c
 
 
 # --------------------------------------------------------------------------- certificates

@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import copy
 import json
-import os
 import threading
 import time
 
@@ -39,15 +38,8 @@ CHAT = {"model": "standin", "messages": [{"role": "user", "content": "hi"}], "ma
 @pytest.fixture(scope="module")
 def cluster():
     """Own cluster: 6 H200 nodes fit a PD model with a 2-node prefill group and 2 decode groups."""
-    harness.install_signal_handlers()
-    if os.environ.get("DSA_CLUSTER_SKIP_BUILD") != "1":
-        harness.ensure_binaries()
-    c = harness.Cluster(nodes=6)
-    c.start()
-    try:
+    with harness.running(nodes=6) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -28,17 +27,10 @@ ENGINE = {labels.COMPONENT: "engine"}
 def cluster():
     """This module's own cluster: H20 nodes for the PP+CP examples (documented on H20), H200 nodes
     for the rest, each with an RDMA NIC as the PD example asks."""
-    harness.install_signal_handlers()
-    if os.environ.get("DSA_CLUSTER_SKIP_BUILD") != "1":
-        harness.ensure_binaries()
-    c = harness.Cluster(
+    with harness.running(
         nodes=7, gpu_products=["NVIDIA-H20"] * 3 + ["NVIDIA-H200"] * 4, extra_resources={"rdma/ib": "1"}
-    )
-    c.start()
-    try:
+    ) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")
