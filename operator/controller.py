@@ -17,7 +17,7 @@ from dsa_operator import labels, rollout
 from dsa_operator.api import parse_spec
 from dsa_operator.errors import PlanError
 from dsa_operator.kube import CHILD_KINDS, Kube
-from dsa_operator.observe import Evidence, GroupView, split_by_group, view_group
+from dsa_operator.observe import Evidence, GroupView, split_by_group, torn, view_group
 from dsa_operator.planner import plan as make_plan
 from dsa_operator.render import APPLIED_HASH, render
 from dsa_operator.status import compute_status, invalid_status
@@ -197,7 +197,7 @@ class Reconciler:
         if restarting and renewed and (v.ready or v.evidence):
             # The new incarnation is up, or has failed in turn (then it is restarted after backoff).
             m.restarting_from, restarting = None, False
-        vanished = bool(m.uids) and not restarting and bool(m.uids - v.uids) and v.exists
+        vanished = not restarting and v.exists and torn(m.uids, v.uids)
         if v.ready and not restarting:
             m.uids = v.uids
             m.ready_since = m.ready_since or now

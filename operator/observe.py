@@ -1,8 +1,8 @@
 """What the cluster shows of each group, read from its StatefulSet and pods. Pure.
 
 A group is *failed* when one of its pods restarted, failed, or was replaced by a pod the
-operator did not ask for: the others still wait in a broken NCCL world, so the whole
-group must go. *Outdated* means a pod runs an older template than the StatefulSet's
+operator did not ask for while its peers live on (`torn`): those still wait in a broken
+NCCL world, so the whole group must go. *Outdated* means a pod runs an older template than the StatefulSet's
 update revision (OnDelete leaves it running until the operator rolls the group).
 """
 
@@ -47,6 +47,15 @@ class GroupView:
     terminating: bool = False
     revision: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def torn(incarnation: frozenset[str], live: frozenset[str]) -> bool:
+    """Some, not all, pods of the group's last whole incarnation are gone: the survivors
+    formed their NCCL world with the lost peers and cannot take in a replacement, so the
+    group must restart. When none survive (a one-pod group's pod replaced, or every pod
+    deleted at once), what comes up is already a whole new incarnation: restarting it again
+    would only repeat the model load."""
+    return bool(incarnation - live) and bool(incarnation & live)
 
 
 def _ready(pod: Obj) -> bool:

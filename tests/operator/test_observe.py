@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dsa_operator.observe import REVISION, split_by_group, view_group
+from dsa_operator.observe import REVISION, split_by_group, torn, view_group
 
 
 def pod(name, ready=True, rev="r1", restarts=0, phase="Running", term=None, unsched=None, deleting=False):
@@ -79,3 +79,17 @@ def test_terminating_pods_do_not_count():
 def test_split_by_group_ignores_foreign_pods():
     other = {"metadata": {"name": "x", "labels": {}}}
     assert list(split_by_group([pod("a"), other])) == [("prefill", 0)]
+
+
+def test_a_group_with_a_lost_peer_is_torn():
+    whole = frozenset({"rank0", "rank1"})
+    assert torn(whole, frozenset({"rank0"}))  # rank 1 gone
+    assert torn(whole, frozenset({"rank0", "rank1-new"}))  # ... and already replaced
+    assert not torn(whole, whole)
+
+
+def test_a_wholly_new_incarnation_is_not_torn():
+    """Nothing survives to hold a stale NCCL world: no second restart (and model load)."""
+    assert not torn(frozenset({"only"}), frozenset({"only-new"}))  # a one-pod group's pod replaced
+    assert not torn(frozenset({"rank0", "rank1"}), frozenset())  # every pod deleted at once
+    assert not torn(frozenset(), frozenset({"rank0"}))  # nothing remembered (operator restarted)
