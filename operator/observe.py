@@ -2,8 +2,9 @@
 
 A group is *failed* when one of its pods restarted, failed, or was replaced by a pod the
 operator did not ask for while its peers live on (`torn`): those still wait in a broken
-NCCL world, so the whole group must go. *Outdated* means a pod runs an older template than the StatefulSet's
-update revision (OnDelete leaves it running until the operator rolls the group).
+NCCL world, so the whole group must go. *Outdated* means a pod runs an older template than
+the StatefulSet's update revision (OnDelete leaves it running until the operator rolls the
+group).
 """
 
 from __future__ import annotations

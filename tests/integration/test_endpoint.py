@@ -70,21 +70,19 @@ def apply(cluster, ns: str, manifest: dict) -> None:
     cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))
 
 
-def rank0_urls(cluster, ns: str, model: str, role: str) -> set[str]:
-    """URLs of the role's group leaders that are up: an address, and not on their way out."""
-    return {
-        pod_url(p)
+def leaders(cluster, ns: str, model: str, role: str) -> list[dict]:
+    """The role's group leaders that are up: rank 0, an address, and not on their way out."""
+    return [
+        p
         for p in engine_pods(cluster, ns, model, **{labels.ROLE: role})
         if p["metadata"]["labels"][labels.POD_INDEX] == "0"
         and p["status"].get("podIP")
         and not p["metadata"].get("deletionTimestamp")
-    }
+    ]
 
 
-def pod_uid(cluster, ns: str, name: str) -> str | None:
-    """The UID of pod `name`, or None while there is none (a StatefulSet pod's name outlives it)."""
-    pods = cluster.kubectl_json("get", "pods", "-n", ns, "--field-selector", f"metadata.name={name}")
-    return pods["items"][0]["metadata"]["uid"] if pods["items"] else None
+def rank0_urls(cluster, ns: str, model: str, role: str) -> set[str]:
+    return {pod_url(p) for p in leaders(cluster, ns, model, role)}
 
 
 def start_pd(cluster, ns: str, manifest: dict, delay_s: float = 0.0):
@@ -205,7 +203,7 @@ def test_pd_router_registers_rank0_pods_and_serves_chat(cluster, op, ns):
 
                 # The decode group restarts: no decode worker, so not ready; ready again with the new pod.
                 old = decode0.pop()
-                old_uid = pod_uid(cluster, ns, decode.pod)
+                (old_uid,) = [p["metadata"]["uid"] for p in leaders(cluster, ns, model, "decode")]
                 cluster.kubectl("delete", "pod", decode.pod, "-n", ns, "--wait=false")
                 wait(
                     lambda: old not in router.worker_urls() and not router.ready(),
@@ -217,11 +215,11 @@ def test_pd_router_registers_rank0_pods_and_serves_chat(cluster, op, ns):
                 # The status may still say Ready for a moment after the deletion: wait until the
                 # router serves the leader that is up now, and it is the successor pod.
                 def serving_successor() -> bool:
-                    now = rank0_urls(cluster, ns, model, "decode")
+                    now = leaders(cluster, ns, model, "decode")
                     return (
-                        bool(now)
-                        and pod_uid(cluster, ns, decode.pod) not in (None, old_uid)
-                        and router.worker_urls("decode") == now
+                        len(now) == 1
+                        and now[0]["metadata"]["uid"] != old_uid
+                        and router.worker_urls("decode") == {pod_url(now[0])}
                         and router.ready()
                     )
 
