@@ -1,8 +1,5 @@
 # dsa-operator: the README's two commands are `make demo` and `make test`.
 SHELL := /bin/bash
-# The import package dsa_operator lives in the folder operator/: never let `python -m ...` run
-# from here put this folder on sys.path, where it would shadow the standard library's operator.
-export PYTHONSAFEPATH := 1
 PYTHON_BOOT ?= python3.11
 VENV ?= .venv
 PYTHON ?= $(VENV)/bin/python

@@ -1,6 +1,6 @@
 """Endpoint figures: how fast the real router picks up a Ready pod, and its throughput.
 
-    PYTHONSAFEPATH=1 .venv/bin/python tests/bench_endpoint.py [--requests 2000] [--concurrency 16]
+    .venv/bin/python tests/bench_endpoint.py [--requests 2000] [--concurrency 16]
 
 Starts its own control plane (kwok, loopback pod IPs) and operator, applies examples/12-pd.yaml,
 puts a stand-in engine (tests/standin_engine.py) at every pod's IP and runs the real router as

@@ -9,7 +9,7 @@ mode it keeps the `bootstrap_room` the router adds to each request, so a test ca
 one request reached a prefill and a decode stand-in as one pair.
 
 Ranks > 0 of a multi-node group answer only the probe paths, as the runtime's stand-in
-health server (runtime/health.py) does on a real pod: the router must never route to them.
+health server (runtime/dsa_runtime/health.py) does on a real pod: the router must never route to them.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class StandinEngine:
     def _reply(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, Any]:
         if path in (LEADER_PROBES if self.rank == 0 else RANK_PROBES):
             return 200, None
-        if self.rank > 0:  # a non-leader rank: probes only, as runtime/health.py serves them
+        if self.rank > 0:  # a non-leader rank: probes only, as runtime/dsa_runtime/health.py serves them
             return 404, {"error": "stand-in rank > 0 serves probes only", **self._who()}
         if method == "GET":
             return self._get(path)

@@ -257,7 +257,6 @@ class RouterProc:
             NO_PROXY="*",
             RUST_LOG=env.get("RUST_LOG", "info"),
         )
-        env.pop("PYTHONSAFEPATH", None)
         self._out = open(self.log_file, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "dsa-runtime"), "route"],
