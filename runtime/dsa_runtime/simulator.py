@@ -19,6 +19,7 @@ see that a completion went prefill rank 0 -> decode rank 0.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -120,13 +121,35 @@ class Seen:
 
 
 class _Server(ThreadingHTTPServer):
+    """Also ends its open keep-alive connections when closed, as a process that exits would."""
+
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler]):
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
         super().__init__(addr, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._open_lock:
+            conns, self._open = list(self._open), set()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
 
 class EngineSimulator:

@@ -214,3 +214,18 @@ def test_as_a_process_it_logs_that_it_is_a_simulator_and_stops_on_sigterm():
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "SIMULATOR p-0: /v1/chat/completions" in err and "not model output" in err
+
+
+def test_stop_ends_keep_alive_connections_like_an_exiting_process(engine):
+    """A router pools connections: a stopped simulator must not go on answering on them."""
+    import http.client
+
+    e = engine(sim_config())
+    conn = http.client.HTTPConnection(e.host, e.port, timeout=5)
+    conn.request("GET", "/health")
+    assert conn.getresponse().read() and conn.sock is not None
+    e.stop()
+    with pytest.raises((OSError, http.client.HTTPException)):
+        conn.request("GET", "/health")
+        conn.getresponse()
+    conn.close()
