@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import http.client
 import json
 import signal
 import subprocess
@@ -218,8 +219,6 @@ def test_as_a_process_it_logs_that_it_is_a_simulator_and_stops_on_sigterm():
 
 def test_stop_ends_keep_alive_connections_like_an_exiting_process(engine):
     """A router pools connections: a stopped simulator must not go on answering on them."""
-    import http.client
-
     e = engine(sim_config())
     conn = http.client.HTTPConnection(e.host, e.port, timeout=5)
     conn.request("GET", "/health")
