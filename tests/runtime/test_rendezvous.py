@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -148,13 +149,10 @@ def test_wrong_world_size_fails_both_ranks(tmp_path, torch_path):
 
 
 def test_without_torch_the_simulator_says_what_to_install(tmp_path):
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("torch is installed in the test venv")
     env = rank_env(tmp_path, make_plan(group_argv(1, 2, f"localhost:{free_port()}"), rank=1), 1, "")
+    has_torch = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
+    if subprocess.run([sys.executable, "-c", has_torch], env=env, check=False).returncode:
+        pytest.skip("torch is installed in the test venv")
     proc = dsa_popen(["rendezvous", "--rendezvous-timeout", "5"], env)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == int(ExitCode.ENGINE_MISSING), err
