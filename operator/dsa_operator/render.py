@@ -169,7 +169,7 @@ def _engine_statefulset(
         **_probes(role.port, es.startup_timeout_seconds),
     }
     init = []
-    if plan.model.download:
+    if plan.model.download and plan.engine != "simulator":  # the simulator loads no weights
         init.append(
             {
                 "name": "fetch-model",
