@@ -135,3 +135,16 @@ def test_simulator_engine_skips_the_weights_download_only():
         assert spec["nodeSelector"] == real_sts[name]["nodeSelector"]
     plans = [json.loads(o["data"]["plan.json"]) for o in by_kind(sim, "ConfigMap")]
     assert {p["engine"] for p in plans} == {"simulator"}
+
+
+def test_ranks_of_a_multi_node_group_never_share_a_node():
+    sts = {o["metadata"]["name"]: o for o in by_kind(objects("19-pd-pp-cp"), "StatefulSet")}
+    pre = sts["dsv32-pd-pp-cp-prefill-0"]["spec"]
+    (term,) = pre["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    # Exactly this group's pods: another group of the model may share the node.
+    assert term["labelSelector"]["matchLabels"] == pre["selector"]["matchLabels"]
+    one_node = sts["dsv32-pd-pp-cp-decode-0"]["spec"]["template"]["spec"]
+    assert "affinity" not in one_node
