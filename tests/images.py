@@ -69,6 +69,7 @@ class BaseRecipe:
 
 
 BASE = BaseRecipe()
+FORMAT = "docker"  # image format, as `docker build` writes it: OCI's config has no SHELL
 CERTS = "/etc/ssl/certs"  # mounted read-only into build steps, never copied into an image
 SOURCES = ["pyproject.toml", "README.md", ".dockerignore", "operator", "runtime"]
 IGNORED_PARTS = {"__pycache__"}
@@ -131,6 +132,7 @@ def base_ref() -> str:
 def image_tag(repo: Path, spec: Spec, base: str) -> str:
     parts = [(str(rel), (repo / rel).read_bytes()) for rel in input_files(repo, spec.dockerfile)]
     parts += [("arg:" + k, v.encode()) for k, v in sorted(spec.args.items())] + [("base", base.encode())]
+    parts += [("format", FORMAT.encode())]
     return digest(parts) + spec.suffix
 
 
@@ -140,7 +142,18 @@ def archive_path(cache: Path, name: str, tag: str) -> Path:
 
 def build_argv(spec: Spec, ref: str, base: str, repo: Path) -> list[str]:
     args = {"BASE": base, **spec.args}
-    argv = ["buildah", "bud", "--isolation", "chroot", "--layers", "-v", f"{CERTS}:{CERTS}:ro"]
+    argv = [
+        "buildah",
+        "bud",
+        "--pull=never",
+        "--format",
+        FORMAT,
+        "--isolation",
+        "chroot",
+        "--layers",
+        "-v",
+        f"{CERTS}:{CERTS}:ro",
+    ]
     for k, v in args.items():
         argv += ["--build-arg", f"{k}={v}"]
     return [*argv, "-t", ref, "-f", str(repo / spec.dockerfile), str(repo)]
