@@ -44,7 +44,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("DSA_IMAGES_CACHE", Path.home() / ".cache" / "dsa-operator" / "images"))
 INDEX = REPO / ".images" / "index.json"
-KEEP_ARCHIVES = 3  # per image name; older archives (and their tags) are removed
+KEEP_ARCHIVES = 2  # per image name (the current and one more); older archives and their tags go
 
 
 # The stand-in for python:3.11-slim-bookworm: Debian bookworm's own Python 3.11, with a venv at

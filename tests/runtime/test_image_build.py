@@ -22,6 +22,9 @@ NEEDS_BUILDAH = pytest.mark.skipif(
     bool(images.missing_tools()) or os.geteuid() != 0,
     reason="image builds need root and buildah + mmdebstrap (bash images/install-deps.sh)",
 )
+# A cold build (base, torch's ~4 GB of wheels, export) took 10 min on a busy 2-core machine;
+# pytest-timeout counts the fixture's build against the first test that uses it.
+BUILD_TIMEOUT = pytest.mark.timeout(1800)
 
 
 def _tree(tmp_path: Path) -> Path:
@@ -89,6 +92,7 @@ def _run_in(ref: str, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 @NEEDS_BUILDAH
+@BUILD_TIMEOUT
 def test_operator_image_starts_as_non_root(built):
     ref, archive = built["operator"]
     assert Path(archive).stat().st_size > 0
@@ -98,6 +102,7 @@ def test_operator_image_starts_as_non_root(built):
 
 
 @NEEDS_BUILDAH
+@BUILD_TIMEOUT
 def test_runtime_simulator_image_starts_as_non_root(built):
     ref, _ = built["runtime"]
     res = _run_in(ref, "dsa-runtime", "--help")
@@ -110,6 +115,7 @@ def test_runtime_simulator_image_starts_as_non_root(built):
 
 
 @NEEDS_BUILDAH
+@BUILD_TIMEOUT
 def test_unchanged_tree_neither_rebuilds_nor_reexports(built):
     archives = [Path(a) for _, a in built.values()]
     stamps = [a.stat().st_mtime_ns for a in archives]
