@@ -123,3 +123,16 @@ def test_unchanged_tree_neither_rebuilds_nor_reexports(built):
     assert [a.stat().st_mtime_ns for a in archives] == stamps
     index = json.loads((images.REPO / ".images" / "index.json").read_text())
     assert {k: (v["ref"], v["archive"]) for k, v in index["images"].items()} == built
+
+
+@NEEDS_BUILDAH
+@BUILD_TIMEOUT
+def test_host_certificates_are_not_baked_in(built):
+    """The host's CAs are mounted for the build steps only; an image ships its distribution's."""
+    local = [p.read_text().strip() for p in Path("/usr/local/share/ca-certificates").glob("*.crt")]
+    if not local:
+        pytest.skip("this host trusts no local CA to look for")
+    for ref, _ in built.values():
+        bundle = _run_in(ref, "cat", "/etc/ssl/certs/ca-certificates.crt")
+        assert bundle.returncode == 0 and "BEGIN CERTIFICATE" in bundle.stdout
+        assert not any(pem in bundle.stdout for pem in local), ref
