@@ -276,6 +276,8 @@ def ensure_images(repo: Path = REPO, cache: Path = CACHE, *, log: bool = False) 
     missing = missing_tools()
     if missing:
         raise RuntimeError(f"{', '.join(missing)} not installed: run images/install-deps.sh (as root)")
+    if os.geteuid() != 0:
+        raise RuntimeError("image builds need root (buildah's storage, mmdebstrap's chroot)")
     index = plan(repo, cache)
     with _locked(cache):
         ensure_base(index["base"], cache, log=log)
