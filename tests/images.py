@@ -71,7 +71,14 @@ class BaseRecipe:
 BASE = BaseRecipe()
 FORMAT = "docker"  # image format, as `docker build` writes it: OCI's config has no SHELL
 CERTS = "/etc/ssl/certs"  # mounted read-only into build steps, never copied into an image
-SOURCES = ["pyproject.toml", "README.md", ".dockerignore", "operator", "runtime"]
+SOURCES = [
+    "pyproject.toml",
+    "README.md",
+    ".dockerignore",
+    "operator",
+    "runtime",
+    "images/runtime/prune_cuda.py",
+]
 IGNORED_PARTS = {"__pycache__"}
 IGNORED_SUFFIXES = (".pyc", ".egg-info")
 
