@@ -39,13 +39,17 @@ test-unit: venv
 test: venv lint sglang-envs cluster-bins
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
 
-# The main job: a local control plane, the operator, a PD DSAModel until Ready (left running).
-demo: venv cluster-up
+# The main job, on real nodes: the control plane with three real nodes (two GPU-like, one CPU;
+# no kwok nodes), the images built and loaded, the operator installed by its Helm chart with
+# its webhook, an invalid DSAModel refused, a PD DSAModel on the engine simulator until Ready,
+# and a chat completion through its endpoint. Left running; `make demo-down` stops everything.
+demo: CLUSTER_NODES = 0
+demo: REAL_NODES = 3
+demo: REAL_GPUS_PER_NODE = 16
+demo: venv images cluster-up
 	$(PYTHON) scripts/demo.py up
 
-demo-down:
-	-$(PYTHON) scripts/demo.py down
-	$(MAKE) cluster-down
+demo-down: cluster-down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
