@@ -20,5 +20,6 @@ class PlanError(ValueError):
     """Raised by the planner with every problem found, not just the first."""
 
     def __init__(self, problems: list[Problem]):
-        self.problems = sorted(set(problems))
+        # In the order the rules found them: a combination's fields come first-to-change first.
+        self.problems = list(dict.fromkeys(problems))
         super().__init__("\n".join(str(p) for p in self.problems))
