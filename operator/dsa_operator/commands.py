@@ -46,7 +46,7 @@ def _parallelism(ctx: Context, r: RoleContext) -> list[str]:
         args += ["--ep-size", str(p.ep)]
     if p.pp > 1:
         args += ["--pp-size", str(p.pp)]
-        if r.cp_mode != "none":
+        if r.cp_mode != "none" and p.dp == 1:
             args += ["--dp-size", "1"]  # the documented PP + CP command states it
     args += _opt("--moe-dense-tp-size", p.moe_dense_tp_size)
     args += _opt("--moe-a2a-backend", p.moe_a2a_backend)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, order=True)
@@ -11,6 +11,7 @@ class Problem:
 
     path: str
     message: str
+    rule: str = field(default="", compare=False)  # the planner rule that found it (`dsa-operator rules`)
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"

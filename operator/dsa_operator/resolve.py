@@ -41,7 +41,7 @@ class RoleContext:
     ep: int
     moe_dense_tp_size: int | None
     moe_a2a_backend: str | None
-    page_size: int | None  # None: SGLang picks at start-up (AMD: 64, or 1 without aiter's kernel)
+    page_size: int | None
     explicit: frozenset[str]
     sglang_overrides: dict[str, object]
 
@@ -77,10 +77,10 @@ def default_pp_partition(layers: int, pp: int) -> list[int]:
 
 # MoE all-to-all backends for which SGLang sets ep_size = tp_size (`_handle_a2a_moe` in 0.5.12).
 EP_EQUALS_TP_A2A = ("deepep", "mooncake", "nixl", "mori", "flashinfer", "megamoe", "ascend_fuseep")
-DSA_PAGE_SIZE = 64  # SGLang sets page_size 64 for DSA on CUDA (0.5.12 and 0.5.23)
+DSA_PAGE_SIZE = 64  # SGLang's DSA page size on CUDA, and on ROCm with aiter (0.5.12 and 0.5.23)
 
 
-def _sglang_overrides(role: EngineSpec, arch: str, d: Dialect, cp_mode: str) -> dict[str, object]:
+def _sglang_overrides(role: EngineSpec, d: Dialect, cp_mode: str) -> dict[str, object]:
     """The values SGLang sets itself for a DSA model, whatever the command line says.
 
     0.5.12 `ServerArgs._handle_model_specific_adjustments` (CP branch) and `_handle_a2a_moe`;
@@ -98,8 +98,7 @@ def _sglang_overrides(role: EngineSpec, arch: str, d: Dialect, cp_mode: str) -> 
     a2a = out.get("moe_a2a_backend", par.moe_a2a_backend)
     if a2a in EP_EQUALS_TP_A2A:
         out["ep_size"] = par.tp
-    if arch != "amd":
-        out["page_size"] = DSA_PAGE_SIZE
+    out["page_size"] = DSA_PAGE_SIZE  # ROCm too, with aiter's paged-MQA kernel (SGLang's ROCm images)
     return out
 
 
@@ -109,7 +108,7 @@ def _role(name: str, role: EngineSpec, ctx_arch: str, gpn: int, layers: int, d: 
     kv = default_kv_dtype(ctx_arch) if kv == "auto" else kv
     dp_prefill, dp_decode = default_kernels(ctx_arch, kv, d)
     cp_mode = par.context_parallel.mode
-    overrides = _sglang_overrides(role, ctx_arch, d, cp_mode)
+    overrides = _sglang_overrides(role, d, cp_mode)
     attention_dp = (par.attention or ("dp" if par.dp > 1 else "tp")) == "dp" or bool(
         overrides.get("enable_dp_attention")
     )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from dsa_operator.dialects import parse_version
@@ -91,7 +91,7 @@ OWNED_FLAGS: dict[str, str] = {
     "--pp-size": "parallelism.pp",
     "--pipeline-parallel-size": "parallelism.pp",
     "--moe-dense-tp-size": "parallelism.moeDenseTpSize",
-    "--moe-a2a-backend": "parallelism.moeA2aBackend",
+    "--moe-a2a-backend": "parallelism.moeA2ABackend",
     "--nnodes": "parallelism (nodes are derived)",
     "--node-rank": "parallelism (ranks are derived)",
     "--dist-init-addr": "parallelism (the operator fills it)",
@@ -385,18 +385,19 @@ def pp_layer_partition(ctx: Context) -> Iterator[Problem]:
 @rule(
     "refuse",
     f"{S12} ServerArgs.check_server_args: pipeline parallelism is not compatible with speculative decoding",
-    "0.5.16 sglang/srt/server_args.py ServerArgs.check_server_args: the same assert "
-    "(0.5.23 validation_hook.check_pipeline_parallel_compat allows EAGLE)",
-    versions=(9, 22),
+    "0.5.16 sglang/srt/server_args.py ServerArgs.check_server_args: the same assert",
+    f"{S23}/validation_hook.py check_pipeline_parallel_compat: PP + speculative decoding (MTP) is only "
+    "supported on prefill nodes (disaggregation-mode=prefill)",
 )
 def pp_without_mtp(ctx: Context) -> Iterator[Problem]:
-    """SGLang up to 0.5.22 cannot run speculative decoding (MTP) with pipeline parallelism."""
+    """Speculative decoding (MTP) with pipeline parallelism: never up to 0.5.22, PD prefill only in 0.5.23."""
     if not ctx.spec.features.mtp.enabled:
         return
     for r in ctx.roles:
-        if r.spec.parallelism.pp > 1:
+        if r.spec.parallelism.pp > 1 and (_patch(ctx) <= 22 or r.name != "prefill"):
+            where = "" if _patch(ctx) <= 22 else f" on a {r.name} server (PD prefill only)"
             yield Problem(
-                "spec.features.mtp.enabled", f"SGLang {ctx.dialect.version} cannot run MTP with pp > 1"
+                "spec.features.mtp.enabled", f"SGLang {ctx.dialect.version} cannot run MTP with pp > 1{where}"
             )
             yield Problem(f"{_par(r)}.pp", "pipeline parallelism excludes MTP here")
 
@@ -465,7 +466,7 @@ def round_robin_without_dp_attention(ctx: Context) -> Iterator[Problem]:
     """Round-robin-split CP cannot run with DP attention up to SGLang 0.5.21."""
     for r in _cp_roles(ctx):
         p = r.spec.parallelism
-        if r.cp_mode == "round-robin-split" and (p.dp != 1 or r.attention_dp):
+        if r.cp_mode == "round-robin-split" and p.dp != 1:
             yield Problem(
                 f"{_par(r)}.contextParallel.mode",
                 "round-robin-split cannot run with DP attention: use in-seq-split, or set dp 1",
@@ -493,8 +494,8 @@ def cp_moe_layout(ctx: Context) -> Iterator[Problem]:
                 yield Problem(mode, f"in-seq-split runs with ep == tp ({p.tp}) (DeepEP MoE)")
                 yield Problem(f"{_par(r)}.ep", f"must be {p.tp} or unset with in-seq-split")
             if p.moe_a2a_backend not in (None, "deepep"):
-                yield Problem(mode, "in-seq-split runs with moeA2aBackend deepep")
-                yield Problem(f"{_par(r)}.moeA2aBackend", "must be deepep or unset with in-seq-split")
+                yield Problem(mode, "in-seq-split runs with moeA2ABackend deepep")
+                yield Problem(f"{_par(r)}.moeA2ABackend", "must be deepep or unset with in-seq-split")
         if p.dp > 1 and p.attention == "tp":
             yield Problem(mode, "context parallelism runs its dp groups as DP attention")
             yield Problem(f"{_par(r)}.attention", "must be dp (or unset) with context parallelism and dp > 1")
@@ -551,11 +552,11 @@ def no_zigzag_on_deepseek_v32(ctx: Context) -> Iterator[Problem]:
 
 @rule(
     "override",
-    f"{_ADJUST}: page_size = 64 for DeepSeek DSA on CUDA",
+    f"{_ADJUST}: page_size = 64 for DeepSeek DSA on CUDA, and on ROCm with aiter's paged-MQA kernel",
     f"{_CP_23}: page_size = 64 * index_kpool (64 for these checkpoints)",
 )
 def dsa_page_size(ctx: Context) -> Iterator[Problem]:
-    """SGLang sets page size 64 for DSA models on NVIDIA GPUs, whatever --page-size says."""
+    """SGLang sets page size 64 for DSA models, whatever --page-size says."""
     for r in ctx.roles:
         planned = r.sglang_overrides.get("page_size")
         given = r.spec.page_size
@@ -708,6 +709,22 @@ def mtp_parameters(ctx: Context) -> Iterator[Problem]:
 
 @rule(
     "refuse",
+    f"{S12} ServerArgs._handle_speculative_decoding: eagle topk > 1 with page_size > 1 raises unless the "
+    "attention backend is flashinfer or fa3",
+    f"{S23}/speculative_hook.py _handle_eagle_family: the same (flashinfer, fa3, triton)",
+)
+def mtp_chain_on_dsa(ctx: Context) -> Iterator[Problem]:
+    """DSA runs with page size 64 on its own attention backend: EAGLE drafts a chain (top-k 1)."""
+    m = ctx.spec.features.mtp
+    if m.enabled and m.eagle_top_k > 1:
+        yield Problem(
+            "spec.features.mtp.eagleTopK",
+            "must be 1: DSA's paged attention (page size 64) drafts chains only",
+        )
+
+
+@rule(
+    "refuse",
     f"{COOKBOOK}: NVFP4 requires B200 (Blackwell); MoE runner flashinfer_trtllm (recommended), "
     "flashinfer_cutlass or flashinfer_cutedsl",
 )
@@ -740,22 +757,33 @@ def mxfp4_on_amd(ctx: Context) -> Iterator[Problem]:
         yield Problem("spec.hardware.accelerator", "must be an AMD GPU for mxfp4")
 
 
+# The checkpoints each FlashInfer MoE runner takes (SGLang's quantization names: fp8 and quark are
+# read from the checkpoint, modelopt_fp4 is --quantization for nvfp4).
+MOE_RUNNER_CHECKPOINTS = {
+    "flashinfer_trtllm": ("fp8", "nvfp4"),
+    "flashinfer_cutlass": ("nvfp4",),
+    "flashinfer_cutedsl": ("nvfp4",),
+}
+
+
 @rule(
     "refuse",
-    f"{S12} ServerArgs._handle_moe_kernel_config: flashinfer_cutedsl asserts quantization modelopt_fp4, "
-    "ep_size in {1, tp_size}; flashinfer_cutlass asserts ep_size in {1, tp_size}",
-    f"{S23}/moe_hook.py: the same asserts",
+    f"{S12} ServerArgs._handle_moe_kernel_config: flashinfer_trtllm asserts quantization in (modelopt_fp4, "
+    "fp8, ...), flashinfer_cutlass in (modelopt_fp4, modelopt_fp8, ...), flashinfer_cutedsl modelopt_fp4; "
+    "cutlass and cutedsl assert ep_size in {1, tp_size}",
+    f"{S23}/moe_hook.py handle_moe_kernel_config: the same asserts",
 )
 def moe_runner_fits(ctx: Context) -> Iterator[Problem]:
-    """FlashInfer MoE runners support some checkpoints and expert layouts only."""
+    """FlashInfer MoE runners take some checkpoints and expert layouts only."""
+    quant = ctx.spec.model.quantization
     for r in ctx.roles:
         b = r.spec.moe_runner_backend
+        if b in MOE_RUNNER_CHECKPOINTS and quant not in MOE_RUNNER_CHECKPOINTS[b]:
+            yield Problem(f"{r.path}.moeRunnerBackend", f"{b} does not run {quant} checkpoints")
+            yield Problem("spec.model.quantization", f"{b} runs {' or '.join(MOE_RUNNER_CHECKPOINTS[b])}")
         if b in ("flashinfer_cutedsl", "flashinfer_cutlass") and r.ep not in (1, r.spec.parallelism.tp):
             yield Problem(f"{r.path}.moeRunnerBackend", f"{b} runs with ep 1 or ep == tp")
             yield Problem(f"{_par(r)}.ep", f"must be 1 or tp with {b}")
-        if b == "flashinfer_cutedsl" and ctx.spec.model.quantization != "nvfp4":
-            yield Problem(f"{r.path}.moeRunnerBackend", "flashinfer_cutedsl runs nvfp4 checkpoints only")
-            yield Problem("spec.model.quantization", "must be nvfp4 with flashinfer_cutedsl")
 
 
 @rule(
@@ -771,9 +799,9 @@ def a2a_backend_sets_ep(ctx: Context) -> Iterator[Problem]:
         if p.moe_a2a_backend in EP_EQUALS_TP_A2A and "ep" in r.explicit and p.ep != p.tp:
             yield Problem(
                 f"{_par(r)}.ep",
-                f"moeA2aBackend {p.moe_a2a_backend} runs with ep == tp ({p.tp}): set it or unset ep",
+                f"moeA2ABackend {p.moe_a2a_backend} runs with ep == tp ({p.tp}): set it or unset ep",
             )
-            yield Problem(f"{_par(r)}.moeA2aBackend", f"sets ep to tp ({p.tp})")
+            yield Problem(f"{_par(r)}.moeA2ABackend", f"sets ep to tp ({p.tp})")
 
 
 @rule(
@@ -894,21 +922,6 @@ def dense_threshold_advice(ctx: Context) -> Iterator[Problem]:
         )
 
 
-@rule(
-    "warn",
-    f"{_ADJUST}: on ROCm the page size is 64, or 1 without aiter's preshuffled paged-MQA kernel",
-)
-def amd_page_size(ctx: Context) -> Iterator[Problem]:
-    """On AMD, SGLang picks the DSA page size at start-up from what the ROCm build offers."""
-    if ctx.arch != "amd":
-        return
-    for r in ctx.roles:
-        if r.spec.page_size is not None:
-            yield Problem(
-                f"{r.path}.pageSize", "SGLang sets the page size itself on AMD (64, or 1 without aiter)"
-            )
-
-
 def run(ctx: Context) -> tuple[list[Problem], list[str]]:
     """Every rule that applies to the chosen SGLang version: (problems, warnings)."""
     problems: list[Problem] = []
@@ -916,7 +929,7 @@ def run(ctx: Context) -> tuple[list[Problem], list[str]]:
     for r in RULES:
         if not r.applies(ctx.dialect.version):
             continue
-        found = list(r.check(ctx))
+        found = [replace(p, rule=r.name) for p in r.check(ctx)]
         if r.action == "warn":
             warns += [str(p) for p in found]
         else:

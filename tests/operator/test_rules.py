@@ -371,6 +371,10 @@ def test_pp_with_mtp_refused_where_sglang_refuses():
     m = example("17-pp-cp")
     m["spec"]["features"]["mtp"] = {"enabled": True}
     assert "spec.features.mtp.enabled" in problems(m, "0.5.12")
+    assert "PD prefill only" in problems(m, "0.5.23")["spec.features.mtp.enabled"]
+    m = example("19-pd-pp-cp")  # PP on the prefill side only: 0.5.23 runs MTP there
+    m["spec"]["features"]["mtp"] = {"enabled": True}
+    assert "spec.prefill.parallelism.pp" in problems(m, "0.5.12")
     plan(m, sglang_version="0.5.23")
 
 

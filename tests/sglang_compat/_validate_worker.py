@@ -14,7 +14,9 @@ What is not the real thing, and why:
   published architecture, layer count and DSA indexer fields, and the checkpoint's quantization
   config.  No weights: validation reads only the config.
 - Device queries answer for the planned accelerator (SGLang's own ``override_platform`` in 0.5.23;
-  the ``utils.common`` probes SGLang calls in 0.5.12; ``torch.cuda.get_device_capability`` in both).
+  the ``utils.common`` probes SGLang calls in 0.5.12; ``torch.cuda.get_device_capability`` in both),
+  and the node's RDMA NICs (``/sys/class/infiniband``) are those the spec names.  On AMD, the build
+  is SGLang's ROCm image (aiter with Triton >= 3.5: ``aiter_can_use_preshuffle_paged_mqa``).
 - GPU kernel packages (sgl_kernel, flashinfer, deep_gemm, flash_mla, tilelang, aiter, tvm_ffi)
   cannot load on a CPU; validation imports modules that import them but never calls a kernel, so
   they import as empty modules whose members raise if called.
@@ -241,6 +243,7 @@ class Device:
     arch = "sm90"
     memory_mib = 141 * 1024
     name = "NVIDIA H200"
+    ib_devices: tuple[str, ...] = ()  # the RDMA NICs of the node: those the spec names
 
     @classmethod
     def probes(cls) -> dict:
@@ -274,6 +277,22 @@ class Device:
         }
 
 
+IB_SYSFS = "/sys/class/infiniband"
+
+
+def _stub_ib_sysfs() -> None:
+    """SGLang lists /sys/class/infiniband to check --disaggregation-ib-device: answer for the node."""
+    isdir, listdir = os.path.isdir, os.listdir
+
+    def _isdir(path):
+        return bool(Device.ib_devices) if str(path).rstrip("/") == IB_SYSFS else isdir(path)
+
+    def _listdir(path="."):
+        return list(Device.ib_devices) if str(path).rstrip("/") == IB_SYSFS else listdir(path)
+
+    os.path.isdir, os.listdir = _isdir, _listdir
+
+
 def _patch_probes(modules) -> None:
     probes = Device.probes()
     for mod in modules:
@@ -285,15 +304,24 @@ def _patch_probes(modules) -> None:
 def _setup(version: str):
     """Import SGLang once with the probes answering for `Device`; return validate(argv)."""
     sys.meta_path.insert(0, _KernelFinder())
+    _stub_ib_sysfs()
     import argparse
 
     import torch
 
     torch.cuda.get_device_capability = lambda *a, **k: CAPABILITY[Device.arch]
     torch.cuda.is_available = lambda: True
+    torch.cuda.get_device_name = lambda *a, **k: Device.name
     torch.cuda.device_count = lambda: 8
     from sglang.srt import server_args as S
     from sglang.srt.utils import common as C
+
+    # SGLang's ROCm images run aiter (SGLANG_USE_AITER=1) with Triton >= 3.5: the preshuffled
+    # paged-MQA path, page size 64. On other GPUs the question does not arise.
+    for name in ("sglang.srt.layers.attention.nsa.utils", "sglang.srt.layers.attention.dsa.utils"):
+        with contextlib.suppress(ImportError):
+            mod = importlib.import_module(name)
+            mod.aiter_can_use_preshuffle_paged_mqa = lambda: Device.arch == "amd"
 
     modules = [S, C]
     if version == "0.5.12":
@@ -373,6 +401,12 @@ def main(inp: str, outp: str) -> None:
                 Device.name = case["device_name"]
                 argv = list(case["argv"])
                 argv[argv.index("--model-path") + 1] = models[(case["architecture"], case["quantization"])]
+                ib = (
+                    argv[argv.index("--disaggregation-ib-device") + 1]
+                    if "--disaggregation-ib-device" in argv
+                    else ""
+                )
+                Device.ib_devices = tuple(d.strip() for d in ib.split(",") if d.strip())
                 os.environ.clear()
                 os.environ.update(base_env)
                 os.environ.update(case.get("env", {}))

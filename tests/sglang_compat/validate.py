@@ -116,9 +116,10 @@ def verdicts(version: str, manifests: Iterable[Any]) -> list[Verdict]:
             cases = _cases(ctx, emit(ctx))
         except Exception:  # a refused spec the command builder cannot express
             cases = []
-        v.expressible = bool(cases)
+        v.expressible = bool(cases) and len(cases) == len(ctx.roles)
         out.append(v)
-        pending += [(v, role, case) for role, case in cases]
+        if v.expressible:
+            pending += [(v, role, case) for role, case in cases]
     results = run_cases(version, [c for _, _, c in pending])
     for (v, role, _), err in zip(pending, results, strict=True):
         v.sglang[role] = err
@@ -138,7 +139,7 @@ def matrix(vs: Sequence[Verdict]) -> dict[str, int]:
 
 
 def disagreements(vs: Sequence[Verdict]) -> dict[str, collections.Counter]:
-    """Disagreements grouped by cause: SGLang's error, or the planner's rule paths and messages."""
+    """Disagreements grouped by cause: SGLang's error, or the planner rules that refused."""
     out: dict[str, collections.Counter] = {
         "planner accepts, SGLang refuses": collections.Counter(),
         "planner refuses, SGLang accepts": collections.Counter(),
@@ -151,9 +152,22 @@ def disagreements(vs: Sequence[Verdict]) -> dict[str, collections.Counter]:
                 if err:
                     out["planner accepts, SGLang refuses"][f"{role}: {err}"] += 1
         else:
-            key = "; ".join(sorted({p.message for p in v.planner or []}))
-            out["planner refuses, SGLang accepts"][key] += 1
+            out["planner refuses, SGLang accepts"][refusing_rules(v)] += 1
     return out
+
+
+def refusing_rules(v: Verdict) -> str:
+    return " + ".join(sorted({p.rule or p.path for p in v.planner or []}))
+
+
+def by_rule(vs: Sequence[Verdict]) -> dict[str, collections.Counter]:
+    """Per planner rule: how often SGLang agreed (refused too) or accepted the spec it refused."""
+    out: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for v in vs:
+        if v.expressible and not v.planner_ok:
+            for name in {p.rule for p in v.planner or []}:
+                out[name]["SGLang refuses" if not v.sglang_ok else "SGLang accepts"] += 1
+    return dict(out)
 
 
 def main(argv: list[str]) -> int:
@@ -168,16 +182,23 @@ def main(argv: list[str]) -> int:
     summary = {}
     for version in args.version or VERSIONS:
         t0 = time.monotonic()
-        specs = generated(args.specs, seed=args.seed, version=version)
+        specs = generated(args.specs, seed_value=args.seed, version=version)
         vs = verdicts(version, specs)
-        m, d = matrix(vs), disagreements(vs)
-        summary[version] = {"matrix": m, "disagreements": {k: dict(c) for k, c in d.items()}}
+        m, d, rules = matrix(vs), disagreements(vs), by_rule(vs)
+        summary[version] = {
+            "matrix": m,
+            "disagreements": {k: dict(c) for k, c in d.items()},
+            "by_rule": {k: dict(c) for k, c in rules.items()},
+        }
         print(f"\nSGLang {version}: {len(specs)} specs in {time.monotonic() - t0:.0f} s")
         for k, n in sorted(m.items()):
             print(f"  {k}: {n}")
         for kind, c in d.items():
             for msg, n in c.most_common():
                 print(f"  [{kind}] x{n}: {msg}")
+        print("  per refusing rule (SGLang refuses too / SGLang accepts):")
+        for name, c in sorted(rules.items()):
+            print(f"    {name}: {c['SGLang refuses']} / {c['SGLang accepts']}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
     return 0
