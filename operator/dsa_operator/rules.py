@@ -27,6 +27,7 @@ from dsa_operator.dialects import parse_version
 from dsa_operator.errors import Problem
 from dsa_operator.kernels import KERNELS, unknown_kernel, wrong_gpu
 from dsa_operator.resolve import EP_EQUALS_TP_A2A, Context, RoleContext
+from dsa_operator.sglang_flags import flags, pinned_for, resolve_flag
 
 Action = Literal["refuse", "override", "warn", "operator"]
 Check = Callable[[Context], Iterable[Problem]]
@@ -266,6 +267,47 @@ def extra_args_exist_in_version(ctx: Context) -> Iterator[Problem]:
                 yield Problem(
                     f"{path}[{i}]",
                     f"{_flag_name(arg)} is gone in SGLang {ctx.dialect.version}: {removed[1]}",
+                )
+
+
+@rule(
+    "refuse",
+    "SGLang's argument parser (ServerArgs.add_cli_args, allow_abbrev) of the pinned 0.5.12, 0.5.16 and "
+    "0.5.23: an unknown or ambiguous flag, or a value outside its choices, exits with status 2",
+)
+def extra_args_known_to_sglang(ctx: Context) -> Iterator[Problem]:
+    """extraArgs are checked by the chosen SGLang's own parser table (pinned versions only)."""
+    version = pinned_for(ctx.dialect.version)
+    if version is None:
+        return
+    table = flags(version)
+    for path, args in _extra_args(ctx):
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            i += 1
+            if not arg.startswith("--"):
+                continue
+            name, _, inline = arg.partition("=")
+            if name in REMOVED_FLAGS or name in OWNED_FLAGS:
+                continue  # their own rules say why, better
+            flag, candidates = resolve_flag(version, name)
+            if flag is None:
+                what = f"is ambiguous ({', '.join(candidates[:4])})" if candidates else "is not a flag"
+                yield Problem(f"{path}[{i - 1}]", f"{name} {what} in SGLang {version}")
+                continue
+            choices = table[flag]
+            if choices is None:
+                continue
+            value = inline if "=" in arg else (args[i] if i < len(args) else None)
+            if "=" not in arg:
+                i += 1
+            if value is None:
+                yield Problem(f"{path}[{i - 2}]", f"{flag} needs a value")
+            elif choices and value not in choices:
+                yield Problem(
+                    f"{path}[{i - 2 if '=' not in arg else i - 1}]",
+                    f"{flag} takes one of {', '.join(choices)}",
                 )
 
 
