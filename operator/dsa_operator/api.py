@@ -42,7 +42,8 @@ class ModelSpec(Base):
         None,
         min_length=1,
         description="Hub id (e.g. deepseek-ai/DeepSeek-V3.2) or an absolute path inside "
-        "the model volume. Defaults to the family's published checkpoint.",
+        "the model volume. Defaults to the family's published checkpoint in model.quantization's "
+        "format (DeepSeek-V3.2: nvidia/DeepSeek-V3.2-NVFP4, amd/DeepSeek-V3.2-mxfp4).",
     )
     served_model_name: str | None = Field(
         None, min_length=1, description="Name clients use in the OpenAI API `model` field."

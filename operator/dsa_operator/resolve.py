@@ -142,7 +142,7 @@ def resolve(name: str, namespace: str, spec: DSAModelSpec) -> Context:
     accel = ACCELERATORS[spec.hardware.accelerator]
     gpn = spec.hardware.gpus_per_node or accel.gpus_per_node
     dialect = dialect_for(spec.runtime.sglang_version)
-    source = spec.model.source or family.default_source
+    source = spec.model.source or family.source_for(spec.model.quantization) or family.default_source
     local = source if source.startswith("/") else None
     download = spec.storage.download if spec.storage.download is not None else local is None
     pd = spec.serving is None

@@ -789,6 +789,19 @@ def nvfp4_on_blackwell(ctx: Context) -> Iterator[Problem]:
             )
 
 
+@rule(
+    "refuse", f"{COOKBOOK}: the published checkpoints (nvidia/DeepSeek-V3.2-NVFP4, amd/DeepSeek-V3.2-mxfp4)"
+)
+def quantized_checkpoint_source(ctx: Context) -> Iterator[Problem]:
+    """An nvfp4 or mxfp4 deployment needs a checkpoint in that format."""
+    q = ctx.spec.model.quantization
+    if ctx.spec.model.source is None and ctx.family.source_for(q) is None:
+        yield Problem(
+            "spec.model.source", f"no published {q} checkpoint of {ctx.family.name}: set the one to serve"
+        )
+        yield Problem("spec.model.quantization", f"{q} needs model.source")
+
+
 @rule("refuse", f"{COOKBOOK}: DeepSeek-V3.2-MXFP4 requires AMD MI300X/MI355X")
 def mxfp4_on_amd(ctx: Context) -> Iterator[Problem]:
     """MXFP4 checkpoints (AMD Quark, OCP MXFP4) run on AMD Instinct GPUs."""

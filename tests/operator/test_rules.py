@@ -386,3 +386,12 @@ def test_every_rule_names_its_source_and_action():
         assert r.sources and r.protects and r.action in ("refuse", "override", "warn", "operator"), r
         if r.action != "operator":
             assert any(s.startswith(("0.5.", "docs:", "notes:", "SGLang")) for s in r.sources), r
+
+
+def test_quantized_checkpoints_have_their_published_source():
+    m = set_in(example("03-pure-tp"), "model", {"family": "deepseek-v3.2", "quantization": "mxfp4"})
+    m = set_in(m, "hardware.accelerator", "mi355x")
+    assert plan(m).model.source == "amd/DeepSeek-V3.2-mxfp4"
+    m = set_in(m, "model.family", "glm-5")
+    found = problems(m)
+    assert "no published mxfp4 checkpoint of glm-5" in found["spec.model.source"]

@@ -32,6 +32,7 @@ JUSTIFIED = {
     # documented restrictions
     "nvfp4_on_blackwell": "cookbook: NVFP4 requires Blackwell",
     "mxfp4_on_amd": "cookbook: MXFP4 requires MI300X/MI355X",
+    "quantized_checkpoint_source": "no published checkpoint in that format to fetch: set model.source",
     "kernels_fit_gpu": "usage page kernel table (the kernels are compiled for those GPUs)",
     "in_seq_split_limits": "usage page: in-seq-split restrictions",
     "index_cache_on_glm5": "usage page: IndexCache is GLM-5's; 0.5.12 indexes the pattern per layer",
