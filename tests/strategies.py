@@ -122,6 +122,11 @@ def plausible_engine(draw, role: str, arch: str, version: str):
 ARCH = {name: a.arch for name, a in ACCELERATORS.items()}
 
 
+def _quantized_source(family: str, quantization: str) -> str:
+    """The published checkpoint in that format, or a local copy in the model volume."""
+    return FAMILIES[family].source_for(quantization) or f"/models/{family}-{quantization}"
+
+
 @st.composite
 def plausible_manifests(draw):
     """Specs that should plan: the planner's happy path across families, GPUs and versions."""
@@ -136,6 +141,7 @@ def plausible_manifests(draw):
     }
     if arch == "sm100" and draw(st.booleans()):
         spec["model"]["quantization"] = "nvfp4"
+        spec["model"]["source"] = _quantized_source(family, "nvfp4")
     features: dict = {"reasoning": draw(st.booleans())}
     if family == "glm-5" and draw(st.booleans()):
         features["indexCache"] = {"pattern": GLM5_RECOMMENDED_INDEX_PATTERN}
@@ -284,7 +290,9 @@ def sglang_manifests(draw, max_mutations: int = 2):
         if key in _PARALLELISM_KEYS or key in _ENGINE_KEYS:
             role = draw(st.sampled_from(roles))
             (role["parallelism"] if key in _PARALLELISM_KEYS else role)[key] = value
-        elif key in ("quantization", "servedModelName"):
+        elif key == "quantization":
+            spec["model"].update(quantization=value, source=_quantized_source(spec["model"]["family"], value))
+        elif key == "servedModelName":
             spec["model"][key] = value
         elif key == "accelerator":
             spec["hardware"]["accelerator"] = value

@@ -874,8 +874,9 @@ def served_name_without_colon(ctx: Context) -> Iterator[Problem]:
 @rule(
     "refuse",
     f"{DOCS}: IndexCache is GLM-5's (`index_topk_pattern`, one letter per layer, F first)",
-    "notes: 0.5.12 indexes the pattern by layer id (a short pattern raises IndexError); 0.5.23 reads "
-    "missing letters as F",
+    "0.5.12 sglang/srt/models/deepseek_v2.py DeepseekV2AttentionMLA: skip_topk = "
+    "index_topk_pattern[layer_id] == 'S' (a short pattern raises IndexError when the model is built); "
+    "0.5.23 sglang/srt/configs/model_config.py reads missing letters as F",
 )
 def index_cache_on_glm5(ctx: Context) -> Iterator[Problem]:
     """IndexCache patterns are GLM-5's, one letter per layer, starting with F."""
