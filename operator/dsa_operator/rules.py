@@ -326,7 +326,9 @@ def dp_divides_tp(ctx: Context) -> Iterator[Problem]:
     for r in ctx.roles:
         p = r.spec.parallelism
         if r.attention_dp and p.tp % p.dp:
-            yield Problem(f"{_par(r)}.dp", f"tp ({p.tp}) must be divisible by dp ({p.dp}) under DP attention")
+            yield Problem(
+                f"{_par(r)}.dp", f"{_par(r)}.tp ({p.tp}) must be divisible by dp ({p.dp}) under DP attention"
+            )
 
 
 @rule(
@@ -339,7 +341,7 @@ def ep_divides_tp(ctx: Context) -> Iterator[Problem]:
     for r in ctx.roles:
         p = r.spec.parallelism
         if p.tp % r.ep:
-            yield Problem(f"{_par(r)}.ep", f"tp ({p.tp}) must be divisible by ep ({r.ep})")
+            yield Problem(f"{_par(r)}.ep", f"{_par(r)}.tp ({p.tp}) must be divisible by ep ({r.ep})")
 
 
 @rule(
@@ -563,8 +565,12 @@ def in_seq_split_limits(ctx: Context) -> Iterator[Problem]:
             yield Problem(f"{r.path}.kernels.kvCacheDtype", "must be bf16 with in-seq-split")
         if r.nodes > 1:
             yield Problem(mode, "in-seq-split does not run across nodes; use round-robin-split")
+            yield Problem(f"{_par(r)}.pp" if p.pp > 1 else f"{_par(r)}.tp", f"spans {r.nodes} nodes")
         if ctx.pd:
-            yield Problem(mode, "in-seq-split is not supported with PD; use round-robin-split")
+            yield Problem(
+                mode,
+                "in-seq-split is not supported with PD (spec.prefill + spec.decode); use round-robin-split",
+            )
 
 
 @rule(
@@ -668,7 +674,9 @@ def kernels_fit_gpu(ctx: Context) -> Iterator[Problem]:
         if kernel in ctx.dialect.kernels:
             msg = wrong_gpu(kernel, phase, ctx.arch, ctx.dialect)
             if msg:
-                yield Problem(f"{r.path}.kernels.{phase}", msg)
+                yield Problem(
+                    f"{r.path}.kernels.{phase}", f"{msg} (spec.hardware.accelerator: {ctx.accelerator.name})"
+                )
 
 
 @rule(
