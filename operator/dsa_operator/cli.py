@@ -54,6 +54,9 @@ def render_text(p: Plan) -> str:
             f"{r.gpus_per_node} GPUs; attention {r.attention}; CP {r.context_parallel}; "
             f"kernels prefill={k.prefill} decode={k.decode} kv={k.kv_cache_dtype}"
         )
+        if r.sglang_overrides:
+            sets = " ".join(f"{key}={value}" for key, value in sorted(r.sglang_overrides.items()))
+            lines.append(f"  SGLang sets itself: {sets}")
         for g in r.groups:
             lines.append(f"  group {g.group} (StatefulSet {g.stateful_set}):")
             for pod in p.pods:

@@ -118,3 +118,8 @@ def test_rules_for_one_version_and_as_text():
     assert (
         bad.returncode == 2 and "unsupported SGLang version" in bad.stderr and "Traceback" not in bad.stderr
     )
+
+
+def test_text_plan_shows_what_sglang_sets_itself():
+    out = run("plan", "-f", PP_CP, "--sglang-version", "0.5.12").stdout
+    assert "SGLang sets itself: moe_dense_tp_size=1 page_size=64" in out
