@@ -125,6 +125,7 @@ def emit(ctx: Context) -> Plan:
         sglang_version=ctx.dialect.version,
         dialect=ctx.dialect.name,
         family=ctx.family.name,
+        engine=ctx.spec.runtime.engine,
         hardware=HardwarePlan(
             accelerator=a.name,
             arch=a.arch,
@@ -148,5 +149,15 @@ def emit(ctx: Context) -> Plan:
             service=ctx.name, port=port, url=f"http://{ctx.name}.{ctx.namespace}.svc:{port}/v1"
         ),
         pods=pods,
-        warnings=rules.run(ctx)[1],
+        warnings=rules.run(ctx)[1] + _engine_warnings(ctx),
     )
+
+
+SIMULATOR_WARNING = (
+    "spec.runtime.engine: the engine simulator runs instead of SGLang (for clusters without GPUs): "
+    "no model is loaded and its answers are not model output"
+)
+
+
+def _engine_warnings(ctx: Context) -> list[str]:
+    return [SIMULATOR_WARNING] if ctx.spec.runtime.engine == "simulator" else []
