@@ -667,6 +667,7 @@ def kernel_in_version(ctx: Context) -> Iterator[Problem]:
     "refuse",
     f"{DOCS}: kernel table (FlashMLA on Hopper and Blackwell, fa3 Hopper, trtllm Blackwell, aiter AMD)",
     f"{S23}/overrides.py _check_dsa_backend_constraints: triton is ROCm/HIP only",
+    "0.5.12 sglang/srt/layers/attention/nsa_backend.py forward_extend: aiter has a prefill path too",
 )
 def kernels_fit_gpu(ctx: Context) -> Iterator[Problem]:
     """Each kernel runs on some GPU architectures only."""
