@@ -107,7 +107,7 @@ def plausible_engine(draw, role: str, arch: str, version: str):
         ("memFractionStatic", st.sampled_from([0.8, 0.9])),
         ("chunkedPrefillSize", st.sampled_from([4096, 16384])),
         ("cudaGraphMaxBatchSize", st.integers(1, 64)),
-        ("pageSize", st.sampled_from([1, 64])),
+        ("pageSize", st.just(64)),  # SGLang's DSA page size: any other value is overridden
         ("contextLength", st.sampled_from([65536, 131072])),
         ("disableRadixCache", st.booleans()),
         ("enableMetrics", st.booleans()),
@@ -120,6 +120,11 @@ def plausible_engine(draw, role: str, arch: str, version: str):
 
 
 ARCH = {name: a.arch for name, a in ACCELERATORS.items()}
+
+
+def _quantized_source(family: str, quantization: str) -> str:
+    """The published checkpoint in that format, or a local copy in the model volume."""
+    return FAMILIES[family].source_for(quantization) or f"/models/{family}-{quantization}"
 
 
 @st.composite
@@ -136,6 +141,7 @@ def plausible_manifests(draw):
     }
     if arch == "sm100" and draw(st.booleans()):
         spec["model"]["quantization"] = "nvfp4"
+        spec["model"]["source"] = _quantized_source(family, "nvfp4")
     features: dict = {"reasoning": draw(st.booleans())}
     if family == "glm-5" and draw(st.booleans()):
         features["indexCache"] = {"pattern": GLM5_RECOMMENDED_INDEX_PATTERN}
@@ -221,3 +227,77 @@ def wild_manifests(draw):
 def manifests():
     """Half plausible (they should plan), half wild (they exercise every error path)."""
     return st.one_of(plausible_manifests(), wild_manifests())
+
+
+def _engine_roles(spec: dict) -> list[dict]:
+    return [spec[r] for r in ("serving", "prefill", "decode") if r in spec]
+
+
+# One change each, to a field SGLang's validation (or a rule citing SGLang) looks at.
+SGLANG_MUTATIONS: dict[str, object] = {
+    "tp": st.sampled_from([4, 16]),
+    "dp": st.sampled_from([1, 2, 4, 8]),
+    "attention": st.sampled_from(["dp", "tp"]),
+    "ep": st.sampled_from([1, 2, 8]),
+    "pp": st.just(2),
+    "contextParallel": st.sampled_from([{"mode": "in-seq-split"}, {"mode": "round-robin-split"}]),
+    "moeDenseTpSize": st.sampled_from([1, 2, 8]),
+    "moeA2ABackend": st.just("deepep"),
+    "kernels": st.fixed_dictionaries(
+        {
+            "prefill": st.sampled_from(KERNELS),
+            "decode": st.sampled_from(KERNELS),
+            "kvCacheDtype": st.sampled_from(["auto", "bf16", "bfloat16", "fp8_e4m3"]),
+        }
+    ),
+    "pageSize": st.sampled_from([1, 32, 64]),
+    "chunkedPrefillSize": st.sampled_from([1000, 4096, 8192]),
+    "moeRunnerBackend": st.sampled_from(
+        ["flashinfer_trtllm", "flashinfer_cutlass", "flashinfer_cutedsl", "triton"]
+    ),
+    "quantization": st.sampled_from(["nvfp4", "mxfp4"]),
+    "accelerator": st.sampled_from(sorted(ACCELERATORS)),
+    "mtp": st.fixed_dictionaries(
+        {"enabled": st.just(True), "numSteps": st.integers(1, 4)},
+        optional={"eagleTopK": st.sampled_from([1, 2]), "numDraftTokens": st.integers(2, 8)},
+    ),
+    "servedModelName": st.sampled_from(["dsv32", "dsv32:latest"]),
+    "indexCache": st.sampled_from([GLM5_RECOMMENDED_INDEX_PATTERN, "FFSFSS", "F" * 80]),
+}
+_PARALLELISM_KEYS = {
+    "tp",
+    "dp",
+    "attention",
+    "ep",
+    "pp",
+    "contextParallel",
+    "moeDenseTpSize",
+    "moeA2ABackend",
+}
+_ENGINE_KEYS = {"kernels", "pageSize", "chunkedPrefillSize", "moeRunnerBackend"}
+
+
+@st.composite
+def sglang_manifests(draw, max_mutations: int = 2):
+    """Specs for measuring agreement with SGLang's own validation: a plausible spec (see
+    `plausible_manifests`) with up to `max_mutations` changes to fields SGLang checks.
+    Names, router and storage stay valid: they are the operator's alone."""
+    m = draw(plausible_manifests())
+    spec = m["spec"]
+    for key in draw(st.lists(st.sampled_from(sorted(SGLANG_MUTATIONS)), max_size=max_mutations, unique=True)):
+        value = draw(SGLANG_MUTATIONS[key])  # type: ignore[arg-type]
+        roles = _engine_roles(spec)
+        if key in _PARALLELISM_KEYS or key in _ENGINE_KEYS:
+            role = draw(st.sampled_from(roles))
+            (role["parallelism"] if key in _PARALLELISM_KEYS else role)[key] = value
+        elif key == "quantization":
+            spec["model"].update(quantization=value, source=_quantized_source(spec["model"]["family"], value))
+        elif key == "servedModelName":
+            spec["model"][key] = value
+        elif key == "accelerator":
+            spec["hardware"]["accelerator"] = value
+        elif key == "mtp":
+            spec["features"]["mtp"] = value
+        elif key == "indexCache":
+            spec["features"]["indexCache"] = {"pattern": value}
+    return m

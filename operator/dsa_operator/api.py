@@ -42,13 +42,17 @@ class ModelSpec(Base):
         None,
         min_length=1,
         description="Hub id (e.g. deepseek-ai/DeepSeek-V3.2) or an absolute path inside "
-        "the model volume. Defaults to the family's published checkpoint.",
+        "the model volume. Defaults to the family's published checkpoint in model.quantization's "
+        "format (DeepSeek-V3.2: nvidia/DeepSeek-V3.2-NVFP4, amd/DeepSeek-V3.2-mxfp4).",
     )
     served_model_name: str | None = Field(
         None, min_length=1, description="Name clients use in the OpenAI API `model` field."
     )
-    quantization: Literal["fp8", "nvfp4"] = Field(
-        "fp8", description="Checkpoint format. nvfp4 runs on Blackwell only (modelopt_fp4)."
+    quantization: Literal["fp8", "nvfp4", "mxfp4"] = Field(
+        "fp8",
+        description="Checkpoint format: fp8 (the published checkpoints), nvfp4 (ModelOpt FP4, "
+        "--quantization modelopt_fp4, Blackwell only) or mxfp4 (AMD Quark OCP MXFP4, read "
+        "from the checkpoint, MI300X/MI355X only).",
     )
     trust_remote_code: bool = Field(True, description="Pass --trust-remote-code to SGLang.")
 
@@ -64,8 +68,9 @@ class RuntimeSpec(Base):
     )
     extra_args: list[str] = Field(
         default_factory=list,
-        description="Appended last to every engine's command line. Flags the planner "
-        "owns (parallelism, kernels, ports...) are refused here: set their fields.",
+        description="Appended last to every engine's command line, for SGLang flags the API has "
+        "no field for; checked against the chosen version's flags. Flags the planner owns "
+        "(parallelism, kernels, ports...) are refused here: set their fields.",
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
@@ -125,15 +130,22 @@ class MTPSpec(Base):
     model_config = ConfigDict(
         json_schema_extra=cel(
             (
-                "!self.enabled || self.eagleTopK != 1 || self.numDraftTokens == self.numSteps + 1",
-                "with eagleTopK 1, numDraftTokens must be numSteps + 1",
+                "!self.enabled || self.eagleTopK != 1 || !has(self.numDraftTokens)"
+                " || self.numDraftTokens == self.numSteps + 1",
+                "with eagleTopK 1, numDraftTokens must be numSteps + 1 (or unset)",
             )
         )
     )
     enabled: bool = Field(False, description="Enable MTP.")
     num_steps: int = Field(3, ge=1, le=16, description="--speculative-num-steps.")
     eagle_top_k: int = Field(1, ge=1, le=16, alias="eagleTopK", description="--speculative-eagle-topk.")
-    num_draft_tokens: int = Field(4, ge=2, le=64, description="--speculative-num-draft-tokens.")
+    num_draft_tokens: int | None = Field(
+        None,
+        ge=2,
+        le=64,
+        description="--speculative-num-draft-tokens. Unset: numSteps + 1 with eagleTopK 1 (what "
+        "SGLang sets), SGLang's choice otherwise.",
+    )
 
 
 class IndexCacheSpec(Base):
@@ -216,8 +228,10 @@ class KernelsSpec(Base):
 
     prefill: KernelName = Field("auto", description="Prefill kernel (--dsa-prefill-backend).")
     decode: KernelName = Field("auto", description="Decode kernel (--dsa-decode-backend).")
-    kv_cache_dtype: Literal["auto", "bf16", "fp8_e4m3"] = Field(
-        "auto", description="KV cache dtype; auto: fp8_e4m3 on Blackwell, bf16 on Hopper."
+    kv_cache_dtype: Literal["auto", "bf16", "bfloat16", "fp8_e4m3"] = Field(
+        "auto",
+        description="KV cache dtype, in SGLang's spellings (bf16 and bfloat16 are one dtype; DSA "
+        "models take no other). auto: fp8_e4m3 on Blackwell, bf16 elsewhere.",
     )
 
 

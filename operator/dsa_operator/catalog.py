@@ -21,6 +21,13 @@ class Family:
     chat_template: str | None  # needed for tool calls
     index_cache: bool  # accepts an IndexCache `index_topk_pattern`
     sglang_architecture: str  # the HF architecture SGLang keys its DSA rules on
+    quantized_sources: tuple[tuple[str, str], ...] = ()  # (quantization, published checkpoint)
+
+    def source_for(self, quantization: str) -> str | None:
+        """The published checkpoint of this family in that format (None: set model.source)."""
+        if quantization == "fp8":
+            return self.default_source
+        return dict(self.quantized_sources).get(quantization)
 
 
 FAMILIES: dict[str, Family] = {
@@ -45,6 +52,8 @@ FAMILIES: dict[str, Family] = {
             None,
             False,
             "DeepseekV32ForCausalLM",
+            # The SGLang cookbook's DeepSeek-V3.2 variants: NVFP4 (Blackwell), MXFP4 (MI300X/MI355X).
+            (("nvfp4", "nvidia/DeepSeek-V3.2-NVFP4"), ("mxfp4", "amd/DeepSeek-V3.2-mxfp4")),
         ),
         Family(
             "deepseek-v3.2-speciale",

@@ -54,6 +54,9 @@ def render_text(p: Plan) -> str:
             f"{r.gpus_per_node} GPUs; attention {r.attention}; CP {r.context_parallel}; "
             f"kernels prefill={k.prefill} decode={k.decode} kv={k.kv_cache_dtype}"
         )
+        if r.sglang_overrides:
+            sets = " ".join(f"{key}={value}" for key, value in sorted(r.sglang_overrides.items()))
+            lines.append(f"  SGLang sets itself: {sets}")
         for g in r.groups:
             lines.append(f"  group {g.group} (StatefulSet {g.stateful_set}):")
             for pod in p.pods:
@@ -89,6 +92,61 @@ def plan_cmd(
         typer.echo(yaml.safe_dump(p.to_json_dict(), sort_keys=False))
     else:
         typer.echo(render_text(p))
+
+
+def render_rules(version: str | None = None) -> list[dict[str, object]]:
+    """Every planner rule (or those applying to one SGLang version), as listed by `dsa-operator rules`."""
+    from dsa_operator.rules import RULES
+
+    return [
+        {
+            "rule": r.name,
+            "protects": r.protects,
+            "action": r.action,
+            "sglangVersions": r.version_range,
+            "sources": list(r.sources),
+        }
+        for r in RULES
+        if version is None or r.applies(version)
+    ]
+
+
+ACTION_WORDS = {
+    "refuse": "refuses (SGLang refuses it, or a cited source says it fails)",
+    "override": "plans SGLang's own value; refuses an explicit other one",
+    "warn": "warns (SGLang runs it)",
+    "operator": "refuses (the operator's own requirement)",
+}
+
+
+@app.command("rules")
+def rules_cmd(
+    sglang_version: Annotated[
+        str | None, typer.Option(help="Only the rules that apply to this SGLang version.")
+    ] = None,
+    output: Annotated[Output, typer.Option("-o", "--output", help="text, json or yaml.")] = Output.text,
+) -> None:
+    """Print every rule the planner applies: what it protects, its source, the SGLang versions, its action."""
+    from dsa_operator.dialects import parse_version
+
+    if sglang_version is not None:
+        try:
+            parse_version(sglang_version)
+        except ValueError as e:
+            _fail(str(e))
+    rows = render_rules(sglang_version)
+    if output is Output.json:
+        typer.echo(json.dumps(rows, indent=2))
+    elif output is Output.yaml:
+        typer.echo(yaml.safe_dump(rows, sort_keys=False))
+    else:
+        for row in rows:
+            typer.echo(f"{row['rule']}  [{row['action']}, SGLang {row['sglangVersions']}]")
+            typer.echo(f"  protects: {row['protects']}")
+            typer.echo(f"  planner:  {ACTION_WORDS[str(row['action'])]}")
+            for s in row["sources"]:  # type: ignore[attr-defined]
+                typer.echo(f"  source:   {s}")
+            typer.echo("")
 
 
 @app.command("crd")

@@ -46,7 +46,7 @@ def _parallelism(ctx: Context, r: RoleContext) -> list[str]:
         args += ["--ep-size", str(p.ep)]
     if p.pp > 1:
         args += ["--pp-size", str(p.pp)]
-        if r.cp_mode != "none":
+        if r.cp_mode != "none" and p.dp == 1:
             args += ["--dp-size", "1"]  # the documented PP + CP command states it
     args += _opt("--moe-dense-tp-size", p.moe_dense_tp_size)
     args += _opt("--moe-a2a-backend", p.moe_a2a_backend)
@@ -73,7 +73,7 @@ def _model(ctx: Context, r: RoleContext) -> list[str]:
     if m.trust_remote_code:
         args.append("--trust-remote-code")
     args += _opt("--served-model-name", m.served_model_name)
-    if m.quantization == "nvfp4":
+    if m.quantization == "nvfp4":  # mxfp4 (AMD Quark) is read from the checkpoint: no flag
         args += ["--quantization", "modelopt_fp4"]
         args += ["--moe-runner-backend", r.spec.moe_runner_backend or NVFP4_DEFAULT_MOE_RUNNER]
     else:
@@ -92,9 +92,11 @@ def _features(ctx: Context) -> list[str]:
             str(f.mtp.num_steps),
             "--speculative-eagle-topk",
             str(f.mtp.eagle_top_k),
-            "--speculative-num-draft-tokens",
-            str(f.mtp.num_draft_tokens),
         ]
+        draft = f.mtp.num_draft_tokens
+        if draft is None and f.mtp.eagle_top_k == 1:
+            draft = f.mtp.num_steps + 1  # what SGLang sets; the documented command states it
+        args += _opt("--speculative-num-draft-tokens", draft)
     if ctx.tool_calling:
         args += ["--tool-call-parser", str(ctx.family.tool_call_parser)]
         args += _opt("--chat-template", ctx.family.chat_template)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, order=True)
@@ -11,6 +11,7 @@ class Problem:
 
     path: str
     message: str
+    rule: str = field(default="", compare=False)  # the planner rule that found it (`dsa-operator rules`)
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
@@ -20,5 +21,6 @@ class PlanError(ValueError):
     """Raised by the planner with every problem found, not just the first."""
 
     def __init__(self, problems: list[Problem]):
-        self.problems = sorted(set(problems))
+        # In the order the rules found them: a combination's fields come first-to-change first.
+        self.problems = list(dict.fromkeys(problems))
         super().__init__("\n".join(str(p) for p in self.problems))

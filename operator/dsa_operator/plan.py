@@ -47,6 +47,9 @@ class RolePlan(_Out):
     kernels: Kernels
     port: int
     groups: list[GroupPlan]
+    # What SGLang sets itself for this role, whatever the command line says (ep_size,
+    # moe_dense_tp_size, page_size, ...): the planner plans with these values.
+    sglang_overrides: dict[str, object] = {}
 
 
 class RouterPlan(_Out):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dsa_operator import commands
+from dsa_operator import commands, rules
 from dsa_operator.api import parse_spec
 from dsa_operator.errors import PlanError, Problem
 from dsa_operator.plan import (
@@ -24,7 +24,6 @@ from dsa_operator.plan import (
     RouterPlan,
 )
 from dsa_operator.resolve import Context, resolve
-from dsa_operator.rules import RULES, warnings
 
 DEFAULT_NAMESPACE = "default"
 
@@ -44,8 +43,10 @@ def _metadata(manifest: dict[str, Any]) -> tuple[str, str, list[Problem]]:
     return name, ns, problems
 
 
-def plan(manifest: Any, sglang_version: str | None = None) -> Plan:
-    """Plan a DSAModel manifest (a dict). Raises `PlanError` listing every problem."""
+def check(manifest: Any, sglang_version: str | None = None) -> tuple[Context, list[Problem]]:
+    """Parse and resolve a manifest, then run every rule: (context, problems).
+
+    Raises `PlanError` only when the manifest is not a DSAModel at all (field errors)."""
     if not isinstance(manifest, dict):
         raise PlanError([Problem("", "a DSAModel must be a mapping (apiVersion, kind, metadata, spec)")])
     name, namespace, problems = _metadata(manifest)
@@ -59,14 +60,20 @@ def plan(manifest: Any, sglang_version: str | None = None) -> Plan:
     except PlanError as e:
         raise PlanError(problems + e.problems) from None
     ctx = resolve(name, namespace, spec)
-    for rule in RULES:
-        problems.extend(rule(ctx))
+    found, _ = rules.run(ctx)
+    return ctx, problems + found
+
+
+def plan(manifest: Any, sglang_version: str | None = None) -> Plan:
+    """Plan a DSAModel manifest (a dict). Raises `PlanError` listing every problem."""
+    ctx, problems = check(manifest, sglang_version)
     if problems:
         raise PlanError(problems)
-    return _emit(ctx)
+    return emit(ctx)
 
 
-def _emit(ctx: Context) -> Plan:
+def emit(ctx: Context) -> Plan:
+    """Every pod's command line for a resolved context (the rules are `check`'s job)."""
     pods: list[PodPlan] = []
     roles: list[RolePlan] = []
     for r in ctx.roles:
@@ -94,6 +101,7 @@ def _emit(ctx: Context) -> Plan:
                 kernels=Kernels(prefill=r.prefill_kernel, decode=r.decode_kernel, kv_cache_dtype=r.kv_dtype),
                 port=r.spec.port,
                 groups=groups,
+                sglang_overrides=dict(r.sglang_overrides),
             )
         )
     router = None
@@ -141,7 +149,7 @@ def _emit(ctx: Context) -> Plan:
             service=ctx.name, port=port, url=f"http://{ctx.name}.{ctx.namespace}.svc:{port}/v1"
         ),
         pods=pods,
-        warnings=warnings(ctx) + _engine_warnings(ctx),
+        warnings=rules.run(ctx)[1] + _engine_warnings(ctx),
     )
 
 

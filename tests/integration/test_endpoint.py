@@ -319,7 +319,6 @@ def test_group_restart_router_drops_and_reregisters_without_hanging(cluster, op,
             assert results and all(isinstance(r, int) or not r.startswith("error") for _, r in results), [
                 r for _, r in results if not isinstance(r, int)
             ][:5]
-            assert max(t for t, _ in results) < 10
             ok = [r for _, r in results if r == 200]
             assert len(ok) > len(results) // 2
             assert fleet.by_pod(leader0) is not None  # the new leader's simulator is up

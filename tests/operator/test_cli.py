@@ -88,3 +88,38 @@ def test_unreadable_and_malformed_files(tmp_path):
     f.write_text("spec: [unclosed")
     r = run("plan", "-f", str(f))
     assert r.returncode != 0 and "not valid YAML" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_rules_lists_every_rule_with_its_source():
+    from dsa_operator.rules import RULES
+
+    r = run("rules", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["rule"] for row in rows] == [x.name for x in RULES]
+    for row in rows:
+        assert (
+            row["protects"] and row["sources"] and row["action"] in ("refuse", "override", "warn", "operator")
+        )
+        assert row["sglangVersions"].startswith("0.5.")
+    pp_mtp = next(row for row in rows if row["rule"] == "pp_without_mtp")
+    assert any("0.5.12" in s and "check_server_args" in s for s in pp_mtp["sources"])
+    assert any("0.5.23" in s and "validation_hook.py" in s for s in pp_mtp["sources"])
+
+
+def test_rules_for_one_version_and_as_text():
+    old = {row["rule"] for row in json.loads(run("rules", "--sglang-version", "0.5.12", "-o", "json").stdout)}
+    new = {row["rule"] for row in json.loads(run("rules", "--sglang-version", "0.5.23", "-o", "json").stdout)}
+    assert "moe_dense_tp_size_one" in old - new and "no_zigzag_on_deepseek_v32" in new - old
+    text = run("rules").stdout
+    assert "cp_moe_layout  [override, SGLang 0.5.9-0.5.23]" in text
+    assert "source:   0.5.12 sglang/srt/server_args.py ServerArgs._handle_model_specific_adjustments" in text
+    bad = run("rules", "--sglang-version", "0.4.0")
+    assert (
+        bad.returncode == 2 and "unsupported SGLang version" in bad.stderr and "Traceback" not in bad.stderr
+    )
+
+
+def test_text_plan_shows_what_sglang_sets_itself():
+    out = run("plan", "-f", PP_CP, "--sglang-version", "0.5.12").stdout
+    assert "SGLang sets itself: moe_dense_tp_size=1 page_size=64" in out

@@ -74,10 +74,26 @@ CASES = [
         "serving.parallelism.moeDenseTpSize",
         2,
         "spec.serving.parallelism.moeDenseTpSize",
-        "PP + CP",
+        "1 or tp",
         None,
     ),
-    ("16-cp-round-robin", "serving.parallelism.dp", 2, "spec.serving.parallelism.dp", "DP attention", None),
+    (
+        "17-pp-cp",
+        "serving.parallelism.moeDenseTpSize",
+        8,
+        "spec.serving.parallelism.moeDenseTpSize",
+        "accepts only 1",
+        "0.5.12",
+    ),
+    (
+        "16-cp-round-robin",
+        "serving.parallelism.dp",
+        2,
+        "spec.serving.parallelism.contextParallel.mode",
+        "DP attention",
+        "0.5.12",
+    ),
+    ("16-cp-round-robin", "serving.parallelism.dp", 2, None, None, "0.5.23"),  # interleave + DP attention
     (
         "16-cp-round-robin",
         "serving.parallelism.tp",
@@ -86,7 +102,7 @@ CASES = [
         "within one node",
         None,
     ),
-    ("15-cp-in-seq-split", "serving.parallelism.ep", 1, "spec.serving.parallelism.ep", "ep == tp", None),
+    ("15-cp-in-seq-split", "serving.parallelism.ep", 1, "spec.serving.parallelism.ep", "be 8 or unset", None),
     (
         "15-cp-in-seq-split",
         "serving.parallelism.dp",
@@ -133,7 +149,7 @@ CASES = [
         "serving.kernels",
         {"prefill": "fa3", "kvCacheDtype": "fp8_e4m3"},
         "spec.serving.kernels.prefill",
-        "bf16",
+        "cannot read a fp8_e4m3 KV cache",
         None,
     ),
     ("03-pure-tp", "serving.kernels", {"prefill": "aiter"}, "spec.serving.kernels.prefill", "AMD", None),
@@ -145,14 +161,8 @@ CASES = [
         "0.5.12",
         "0.5.12",
     ),
-    (
-        "03-pure-tp",
-        "serving.kernels",
-        {"decode": "flashmla_kv"},
-        "spec.serving.kernels.decode",
-        "fp8_e4m3",
-        None,
-    ),
+    ("03-pure-tp", "serving.kernels", {"decode": "flashmla_kv"}, None, None, None),  # converts: a warning
+    ("03-pure-tp", "serving.kernels", {"decode": "triton"}, "spec.serving.kernels.decode", "ROCm", None),
     ("05-mtp", "features.mtp.numDraftTokens", 5, "spec.features.mtp.numDraftTokens", "numSteps + 1", None),
     ("11-nvfp4-blackwell", "hardware.accelerator", "h200", "spec.model.quantization", "Blackwell", None),
     (
@@ -169,8 +179,9 @@ CASES = [
         "FFS",
         "spec.features.indexCache.pattern",
         "78",
-        None,
+        "0.5.12",
     ),
+    ("10-glm5-indexcache", "features.indexCache.pattern", "FFS", None, None, "0.5.23"),  # rest read as F
     (
         "10-glm5-indexcache",
         "features.indexCache.pattern",
@@ -307,3 +318,80 @@ def test_warnings_do_not_block():
     assert any("48" in w for w in p.warnings)
     p = plan(example("15-cp-in-seq-split"))
     assert any("one request" in w for w in p.warnings)
+
+
+@pytest.mark.parametrize("version", ["0.5.12", "0.5.23"])
+def test_pp_cp_without_moe_dense_tp_size_plans_what_sglang_does(version):
+    """SGLang 0.5.12 sets moe_dense_tp_size 1 under prefill CP itself: the planner plans that."""
+    m = example("17-pp-cp")
+    del m["spec"]["serving"]["parallelism"]["moeDenseTpSize"]
+    p = plan(m, sglang_version=version)
+    overrides = p.role("serving").sglang_overrides
+    assert overrides.get("moe_dense_tp_size") == (1 if version == "0.5.12" else None)
+    assert "--moe-dense-tp-size" not in p.pods[0].argv  # SGLang's own value, not ours
+
+
+def test_combination_names_the_field_to_change_first_first():
+    m = set_in(example("16-cp-round-robin"), "serving.parallelism.dp", 2)
+    with pytest.raises(PlanError) as e:
+        plan(m, sglang_version="0.5.12")
+    paths = [p.path for p in e.value.problems]
+    mode, dp = "spec.serving.parallelism.contextParallel.mode", "spec.serving.parallelism.dp"
+    assert mode in paths and dp in paths and paths.index(mode) < paths.index(dp)
+
+
+def test_kernel_that_converts_the_cache_is_a_warning():
+    kernels = {"decode": "flashmla_kv", "kvCacheDtype": "bfloat16"}
+    m = set_in(example("03-pure-tp"), "serving.kernels", kernels)
+    p = plan(m)
+    assert p.role("serving").kernels.kv_cache_dtype == "bf16"
+    assert any("flashmla_kv converts the bf16 KV cache" in w for w in p.warnings), p.warnings
+    argv = p.pods[0].argv
+    assert argv[argv.index("--kv-cache-dtype") + 1] == "bfloat16"  # SGLang's spelling, as given
+
+
+def test_mxfp4_runs_on_amd_only():
+    m = set_in(example("03-pure-tp"), "model.quantization", "mxfp4")
+    found = problems(m)
+    assert "AMD" in found["spec.model.quantization"] and "spec.hardware.accelerator" in found
+    m = set_in(m, "hardware.accelerator", "mi355x")
+    m = set_in(m, "model.source", "amd/DeepSeek-V3.2-mxfp4")
+    argv = plan(m).pods[0].argv
+    assert "--quantization" not in argv  # Quark's MXFP4 is read from the checkpoint
+
+
+def test_mtp_draft_tokens_default_to_what_sglang_sets():
+    m = example("05-mtp")
+    m["spec"]["features"]["mtp"] = {"enabled": True, "numSteps": 2}
+    argv = plan(m).pods[0].argv
+    assert argv[argv.index("--speculative-num-draft-tokens") + 1] == "3"
+
+
+def test_pp_with_mtp_refused_where_sglang_refuses():
+    m = example("17-pp-cp")
+    m["spec"]["features"]["mtp"] = {"enabled": True}
+    assert "spec.features.mtp.enabled" in problems(m, "0.5.12")
+    assert "PD prefill only" in problems(m, "0.5.23")["spec.features.mtp.enabled"]
+    m = example("19-pd-pp-cp")  # PP on the prefill side only: 0.5.23 runs MTP there
+    m["spec"]["features"]["mtp"] = {"enabled": True}
+    assert "spec.prefill.parallelism.pp" in problems(m, "0.5.12")
+    plan(m, sglang_version="0.5.23")
+
+
+def test_every_rule_names_its_source_and_action():
+    from dsa_operator.rules import RULES
+
+    assert len({r.name for r in RULES}) == len(RULES)
+    for r in RULES:
+        assert r.sources and r.protects and r.action in ("refuse", "override", "warn", "operator"), r
+        if r.action != "operator":
+            assert any(s.startswith(("0.5.", "docs:", "notes:", "SGLang")) for s in r.sources), r
+
+
+def test_quantized_checkpoints_have_their_published_source():
+    m = set_in(example("03-pure-tp"), "model", {"family": "deepseek-v3.2", "quantization": "mxfp4"})
+    m = set_in(m, "hardware.accelerator", "mi355x")
+    assert plan(m).model.source == "amd/DeepSeek-V3.2-mxfp4"
+    m = set_in(m, "model.family", "glm-5")
+    found = problems(m)
+    assert "no published mxfp4 checkpoint of glm-5" in found["spec.model.source"]

@@ -87,11 +87,10 @@ def test_sigkill_after_grace(tmp_path, write_plan, script):
     plan = write_plan(make_plan([*stubborn, str(tmp_path)]))
     proc = dsa_popen([*SERVE, "--grace", "1"], runtime_env(tmp_path, plan))
     _wait_for(tmp_path / "ready")
-    start = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
+    # Killed, not waited for: the child would otherwise sleep 60 s and exit 0.
     assert proc.returncode == 128 + signal.SIGKILL
-    assert time.monotonic() - start < 10
     assert "SIGKILL" in err
 
 
@@ -121,9 +120,7 @@ def test_dns_wait_times_out(tmp_path, write_plan, script):
         "leader.dsa-test.invalid:20000",
     ]
     env = runtime_env(tmp_path, write_plan(make_plan(argv)), DSA_DNS_TIMEOUT_SECONDS="1")
-    start = time.monotonic()
     res = dsa(SERVE, env)
-    assert time.monotonic() - start < 30
     _one_line_error(res, ExitCode.LEADER_UNRESOLVED, "leader.dsa-test.invalid did not resolve")
     assert "did not resolve" in (tmp_path / "termination-log").read_text()
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from dsa_runtime.errors import ExitCode
 from tests.runtime.conftest import dsa, free_port, make_plan, runtime_env
 from tests.runtime.test_cli import _one_line_error
@@ -64,9 +62,7 @@ def test_unreachable_hub_is_a_clean_error(tmp_path, write_plan):
         HF_HUB_ETAG_TIMEOUT="2",
         HF_HUB_DOWNLOAD_TIMEOUT="2",
     )
-    start = time.monotonic()
-    res = dsa(["fetch-model"], env, timeout=120)
-    assert time.monotonic() - start < 120
+    res = dsa(["fetch-model"], env, timeout=120)  # a hang fails here, whatever the machine's speed
     _one_line_error(res, ExitCode.FETCH_FAILED, "from the hub")
     assert not list((tmp_path / "hf" / "hub").glob(".dsa-complete-*"))
 

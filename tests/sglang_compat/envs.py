@@ -13,6 +13,7 @@ the test venv's site-packages never mix in and two versions never meet in one in
 CLI::
 
     python tests/sglang_compat/envs.py ensure 0.5.23        # or 0.5.12, 0.5.16, router, smg, all
+    python tests/sglang_compat/envs.py ensure validate-0.5.23   # + what SGLang's validation imports
     python tests/sglang_compat/envs.py parse 0.5.23 -- --model-path m --tp-size 8
     python tests/sglang_compat/envs.py describe 0.5.23      # every action of the parser, as JSON
 """
@@ -171,6 +172,26 @@ SGLANG_PACKAGES: dict[str, list[str]] = {
     ],
 }
 
+# What SGLang's post-parse validation (ServerArgs.__post_init__ in 0.5.12, resolve_once in 0.5.23)
+# imports beyond the parser: the model-config and quantization modules.  Found, like the lists
+# above, by running validate.py until it stopped raising ModuleNotFoundError; newest on PyPI on
+# 2026-12-03.  Kept apart from SGLANG_PACKAGES so the parser envs (and their hashes) stay as they are.
+VALIDATION_PACKAGES: dict[str, list[str]] = {
+    "0.5.12": [
+        "einops==0.8.2",  # layers.moe.moe_runner.deep_gemm
+        "compressed-tensors==0.20.1",  # layers.quantization.compressed_tensors
+        "loguru==0.7.3",  # compressed-tensors
+        "gguf==0.19.0",  # layers.quantization.gguf
+    ],
+    "0.5.23": [
+        "einops==0.8.2",
+        "compressed-tensors==0.20.1",
+        "loguru==0.7.3",
+        "gguf==0.19.0",
+        "huggingface-hub==1.33.0",  # configs; 0.5.23's parser env has none (transformers wants <3.0)
+    ],
+}
+
 # Routers.  Their router_args modules only import argparse/dataclasses and the package's own
 # Rust extension (abi3 wheel, loads on any x86_64 glibc), so no other package is needed.
 ROUTER_PACKAGES: dict[str, list[str]] = {
@@ -268,7 +289,7 @@ def _install(name: str, packages: Sequence[str]) -> Path:
 
 
 def env_names() -> list[str]:
-    return [*SGLANG_PACKAGES, *ROUTER_PACKAGES]
+    return [*SGLANG_PACKAGES, *ROUTER_PACKAGES, *(f"validate-{v}" for v in VALIDATION_PACKAGES)]
 
 
 def torch_path() -> Path:
@@ -284,6 +305,9 @@ def ensure(name: str) -> list[Path]:
         return [own, torch]
     if name in ROUTER_PACKAGES:
         return [_install(f"router-{name}", ROUTER_PACKAGES[name])]
+    if name.startswith("validate-") and name[len("validate-") :] in VALIDATION_PACKAGES:
+        version = name[len("validate-") :]
+        return [_install(name, VALIDATION_PACKAGES[version]), *ensure(version)]
     raise KeyError(f"unknown env {name!r}; known: {env_names()}")
 
 
@@ -305,11 +329,13 @@ class EnvError(RuntimeError):
     """The worker itself failed (import error, crash)."""
 
 
-def _run_worker(env: str, mode: str, payload: Any, timeout: float = 900) -> Any:
+def _run_worker(
+    env: str, mode: str, payload: Any, timeout: float = 900, worker: Path = WORKER, request: Any = None
+) -> Any:
     paths = ensure(env)
     with tempfile.TemporaryDirectory() as td:
         inp, out = Path(td) / "in.json", Path(td) / "out.json"
-        inp.write_text(json.dumps({"mode": mode, "payload": payload}))
+        inp.write_text(json.dumps(request if request is not None else {"mode": mode, "payload": payload}))
         environ = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/tmp"),
@@ -320,7 +346,7 @@ def _run_worker(env: str, mode: str, payload: Any, timeout: float = 900) -> Any:
             "TRANSFORMERS_OFFLINE": "1",
         }
         proc = subprocess.run(
-            [PYTHON, "-S", str(WORKER), str(inp), str(out)],
+            [PYTHON, "-S", str(worker), str(inp), str(out)],
             env=environ,
             cwd=td,
             capture_output=True,
