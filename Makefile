@@ -33,6 +33,8 @@ test: venv lint sglang-envs cluster-bins
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
 
 # The main job: a local control plane, the operator, a PD DSAModel until Ready (left running).
+# The demo's pods run on kwok nodes for now (their images are not loaded into real nodes).
+demo: REAL_NODES = 0
 demo: venv cluster-up
 	$(PYTHON) scripts/demo.py up
 
