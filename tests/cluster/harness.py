@@ -94,7 +94,7 @@ CONTAINERD_COMPONENTS = ("containerd", "ctr", "containerd-shim-runc-v2")
 NODE_BINARIES = ("kubelet", *CONTAINERD_COMPONENTS, "coredns")
 # With real nodes the endpoints controllers run too: Services (headless ones for DNS) get endpoints.
 REAL_NODE_CONTROLLERS = (
-    "endpoint-controller",
+    "endpoints-controller",
     "endpointslice-controller",
     "endpointslice-mirroring-controller",
 )
@@ -567,22 +567,27 @@ class Cluster:
                 return
             self._started = False
             procs, self._procs = self._procs[::-1], []
-        if self._real_record:  # kubelets, containers, shims, containerds, cgroups, bridge: by PID
-            t = time.monotonic()
-            self.teardown_problems = realnode.teardown(self._real_record)
+        t = time.monotonic()
+        if self._real_record:  # kubelets, containers, shims, containerds, CoreDNS: by PID
+            self.teardown_problems = realnode.end_processes(self._real_record)
+        # SIGTERM all groups (reverse start order), then wait, then SIGKILL; etcd last, so that
+        # the apiserver can still remove its endpoint lease while it shuts down.
+        for batch in ([p for p in procs if p.name != "etcd"], [p for p in procs if p.name == "etcd"]):
+            for p in batch:
+                if p.popen.poll() is None:
+                    _kill_group(p.popen.pid, signal.SIGTERM)
+            end = time.monotonic() + 10
+            for p in batch:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.popen.wait(timeout=max(0.1, end - time.monotonic()))
+                _kill_group(p.popen.pid, signal.SIGKILL)  # also any stray children in the group
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.popen.wait(timeout=5)
+        if self._real_record:  # cgroups, bridge, node directories: once the apiserver is gone
+            self.teardown_problems += realnode.remove_state(self._real_record)
             self.real_teardown_seconds = time.monotonic() - t
             for problem in self.teardown_problems:
                 self._say(f"teardown: {problem}")
-        for p in procs:  # SIGTERM all groups (reverse start order), then wait, then SIGKILL
-            if p.popen.poll() is None:
-                _kill_group(p.popen.pid, signal.SIGTERM)
-        end = time.monotonic() + 10
-        for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.popen.wait(timeout=max(0.1, end - time.monotonic()))
-            _kill_group(p.popen.pid, signal.SIGKILL)  # also any stray children in the group
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.popen.wait(timeout=5)
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
         if self.workdir and self._owns_workdir and not self.keep:
@@ -1051,6 +1056,10 @@ class Cluster:
                 # Webhook and aggregated-API Services are reached at their endpoints (pod IPs on the
                 # bridge): ClusterIPs are not routed, there is no kube-proxy.
                 "--enable-aggregator-routing=true",
+                # In-cluster clients dial the ClusterIP, which is this apiserver's own address, so
+                # the Service needs no endpoints; and the lease reconciler's removal of them on
+                # SIGTERM blocks the apiserver's exit for its full 20 s timeout here.
+                "--endpoint-reconciler-type=none",
             ]
         else:
             nodes = [

@@ -316,7 +316,8 @@ def shim_pids(sockets: Iterable[Path | str]) -> set[int]:
             argv = (p / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if not argv or not argv[0].endswith(b"containerd-shim-runc-v2"):
+        # containerd runs the shim by its resolved path: here containerd-shim-runc-v2-<version>
+        if not argv or not os.path.basename(argv[0]).startswith(b"containerd-shim-runc-v2"):
             continue
         args = [a.decode(errors="replace") for a in argv]
         for i, a in enumerate(args[:-1]):
@@ -377,14 +378,17 @@ class Record:
 
 
 def teardown(rec: Record, grace: float = 3) -> list[str]:
-    """End every process the nodes started, by PID, then remove cgroups, mounts, the bridge and
-    the node directories. Returns what could not be removed (empty when clean).
+    """end_processes, then remove_state: what a harness that died left behind, or all of it."""
+    return end_processes(rec, grace) + remove_state(rec)
+
+
+def end_processes(rec: Record, grace: float = 3) -> list[str]:
+    """End every process the nodes started, by PID. Returns those still alive (none, normally).
 
     ``rec.pids`` (kubelets, containerds, CoreDNS) get SIGTERM and `grace` seconds; then every
     process in the nodes' cgroups (the containers), every shim of their containerd sockets
     and whatever daemon is left get SIGKILL. A harness that died leaves ``pids`` empty in the
     record it hands here (those PIDs may be reused; its daemons died with it, PR_SET_PDEATHSIG)."""
-    problems: list[str] = []
     kill_pids(rec.pids, signal.SIGTERM)
     _wait_gone(lambda: set(rec.pids), grace)
 
@@ -398,9 +402,15 @@ def teardown(rec: Record, grace: float = 3) -> list[str]:
     while (left := everything()) and time.monotonic() < end:
         kill_pids(left)
         _wait_gone(lambda left=left: left, 1)
-    problems += [f"process {p} still alive" for p in everything()]
-    # cgroups; host mounts (none expected: the nodes' mounts lived in their own namespaces, which
-    # ended with their last process); the bridge; the directories.
+    return [f"process {p} still alive" for p in everything()]
+
+
+def remove_state(rec: Record) -> list[str]:
+    """Remove cgroups, host mounts (none expected: the nodes' mounts lived in their own
+    namespaces, which ended with their last process), the bridge and the node directories.
+    Call it once nothing uses the bridge any more: the apiserver listens on an address of it,
+    and traffic to that address must never find another route. Returns what is left."""
+    problems: list[str] = []
     for root in rec.cgroup_roots:
         problems += [f"cgroup {d} not removed" for d in remove_cgroup_root(root)]
     for mp in sorted(mounts_under(rec.node_dirs), key=len, reverse=True):
@@ -452,7 +462,7 @@ def import_image(bin_ctr: Path, node: NodeSpec, archive: Path, names: Sequence[s
     returns whether it imported."""
     if names and set(names) <= image_names(bin_ctr, node):
         return False
-    r = ctr(bin_ctr, node, "images", "import", "--no-unpack=false", str(archive))
+    r = ctr(bin_ctr, node, "images", "import", str(archive))
     if r.returncode:
         raise RuntimeError(
             f"ctr images import {archive} on {node.name}: {r.stderr.strip() or r.stdout.strip()}"
@@ -558,8 +568,7 @@ def containerd_argv(node: NodeSpec, bins: NodeBins) -> list[str]:
         "--propagation",
         "private",
         "sh",
-        str(node.dir / "ns.sh"),
-        "sh",  # "$0" of the script, then "$@"
+        str(node.dir / "ns.sh"),  # mounts, then exec "$@"
         str(bins.containerd),
         "--config",
         str(node.dir / "containerd.toml"),
