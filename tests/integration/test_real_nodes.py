@@ -96,7 +96,8 @@ def test_real_nodes_ready_beside_kwok_with_gpu_capacity_labels_and_taints(rc):
         spec = rc.real_node(name)
         info = n["status"]["nodeInfo"]
         assert info["kubeletVersion"] == harness.versions()["K8S_VERSION"]
-        assert info["containerRuntimeVersion"] == "containerd://" + harness.versions()["CONTAINERD_VERSION"].lstrip("v")
+        containerd = harness.versions()["CONTAINERD_VERSION"].lstrip("v")
+        assert info["containerRuntimeVersion"] == f"containerd://{containerd}"
         addrs = {a["type"]: a["address"] for a in n["status"]["addresses"]}
         assert addrs["InternalIP"] == spec.ip
         taints = [f"{t['key']}={t.get('value', '')}:{t['effect']}" for t in n["spec"].get("taints", [])]
