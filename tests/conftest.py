@@ -12,6 +12,10 @@ nodes) is built from Go modules by tests/cluster/build.sh:
         cluster.mint_serving_cert("webhook")       # (crt, key) signed by the cluster CA
         cluster.ca_bundle_b64                      # caBundle for url: webhooks on 127.0.0.1
 
+Real worker nodes (kubelet + containerd, pods really run) are not in this session cluster: a test
+module asks for its own, e.g. `harness.running(nodes=1, real_nodes=3)` (see
+tests/integration/test_real_nodes.py and docs/cluster.md).
+
 Environment: DSA_CLUSTER_NODES (default 4), DSA_CLUSTER_KEEP=1 (keep logs/certs),
 DSA_CLUSTER_SKIP_BUILD=1 (do not run build.sh; fail if binaries are missing),
 DSA_CLUSTER_BIN_DIR (use binaries from there).
