@@ -475,6 +475,8 @@ class Cluster:
             missing.append(str(pause_image()[0]))
         if missing:
             raise ClusterError(f"missing binaries {missing}: run tests/cluster/build.sh")
+        if self.real_nodes and (lacks := realnode.missing_prerequisites()):
+            raise ClusterError("real nodes need: " + "; ".join(lacks))
         if self.real_nodes < 0 or self.real_cpu_nodes < 0:
             raise ClusterError(
                 f"real_nodes={self.real_nodes}, real_cpu_nodes={self.real_cpu_nodes}: must not be negative"

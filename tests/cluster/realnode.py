@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -545,6 +546,22 @@ def prepare_node_dir(node: NodeSpec, plan: realnet.NetPlan, sandbox_image: str) 
     (d / "cni-conf" / "10-dsa-test.conflist").write_text(json.dumps(cni_config(node, plan), indent=1))
     (d / "resolv.conf").write_text(f"nameserver {plan.dns_ip}\n")
     (d / "ns.sh").write_text(namespace_script(node))
+
+
+def missing_prerequisites() -> list[str]:
+    """What this machine lacks for real nodes, each with its fix (empty when ready)."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root (kubelet and containerd run as root)")
+    for path in (RUNC, f"{CNI_BIN_DIR}/bridge", f"{CNI_BIN_DIR}/host-local"):
+        if not os.access(path, os.X_OK):
+            missing.append(f"{path} (bash tests/cluster/install-deps.sh)")
+    for tool in ("unshare", "nsenter", "mount", "ip"):
+        if not shutil.which(tool, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])):
+            missing.append(f"{tool} (bash tests/cluster/install-deps.sh)")
+    if not any((h / "cpuset.cpus").exists() for h in cgroup_hierarchies()):
+        missing.append("cgroup v1 hierarchies (a cpuset hierarchy under /sys/fs/cgroup)")
+    return missing
 
 
 def host_mount_points() -> list[str]:
