@@ -18,7 +18,12 @@ PACKAGES=(
   openssl                                         # certificates when `cryptography` is absent
   mmdebstrap                                      # the Debian rootfs of the test image
 )
-# Other parts of the project add the packages their builds need here (e.g. image builds).
+# Image builds (`make images`): their packages go here, pinned the same way, e.g. buildah.
+IMAGE_PACKAGES=(
+)
+PACKAGES+=("${IMAGE_PACKAGES[@]}")
+# One-off additions without editing this file: DSA_EXTRA_DEBS="pkg pkg=version".
+# shellcheck disable=SC2206
 PACKAGES+=(${DSA_EXTRA_DEBS:-})
 
 log() { printf '[install-deps] %s\n' "$*" >&2; }
