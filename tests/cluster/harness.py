@@ -573,7 +573,7 @@ class Cluster:
         if self._real_record:  # kubelets, containers, shims, containerds, CoreDNS: by PID
             self.teardown_problems = realnode.end_processes(self._real_record)
         # SIGTERM all groups (reverse start order), then wait, then SIGKILL; etcd last, so that
-        # the apiserver can still remove its endpoint lease while it shuts down.
+        # the apiserver still has its storage while it shuts down.
         for batch in ([p for p in procs if p.name != "etcd"], [p for p in procs if p.name == "etcd"]):
             for p in batch:
                 if p.popen.poll() is None:
