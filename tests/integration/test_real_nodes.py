@@ -305,3 +305,102 @@ def test_teardown_leaves_nothing(tmp_path):
     assert not [h for h in realnode.cgroup_hierarchies() if (h / node.cgroup_root.lstrip("/")).exists()]
     assert not realnode.mounts_under([workdir])
     assert not Path(workdir).exists()
+
+
+WEBHOOK = """
+import http.server, json, ssl
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["request"]
+        labels = (req.get("object") or {}).get("metadata", {}).get("labels") or {}
+        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
+            "uid": req["uid"], "allowed": labels.get("deny") != "true",
+            "status": {"code": 403, "message": "denied by the in-cluster webhook"}}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+srv = http.server.ThreadingHTTPServer(("", 8443), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain("/tls/tls.crt", "/tls/tls.key")
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"""
+
+
+def test_apiserver_calls_an_in_cluster_webhook_service(rc, rns):
+    """A webhook Service (no ClusterIP routing here) is reached at its endpoint, the pod IP on
+    the bridge (--enable-aggregator-routing), as the operator's in-cluster webhook will be."""
+    crt, key = rc.mint_serving_cert(f"hook-{rns}", dns=(f"hook.{rns}.svc",), ips=())
+    rc.kubectl("create", "secret", "tls", "hook-tls", "-n", rns, f"--cert={crt}", f"--key={key}")
+    server = pod(
+        "hook",
+        ["python3", "-u", "-c", WEBHOOK],
+        labels={"app": "hook"},
+        node_selector={"kubernetes.io/hostname": "real-cpu-0"},
+        volumes=[{"name": "tls", "secret": {"secretName": "hook-tls"}}],
+    )
+    server["spec"]["containers"][0]["volumeMounts"] = [{"name": "tls", "mountPath": "/tls"}]
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "hook"},
+        "spec": {"selector": {"app": "hook"}, "ports": [{"port": 443, "targetPort": 8443}]},
+    }
+    _apply(rc, rns, server, svc)
+    running(rc, rns, "hook")
+    name = f"hook-{rns}"
+    rc.apply(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": name},
+            "webhooks": [
+                {
+                    "name": "hook.dsa.test",
+                    "admissionReviewVersions": ["v1"],
+                    "sideEffects": "None",
+                    "failurePolicy": "Fail",
+                    "timeoutSeconds": 5,
+                    "clientConfig": {
+                        "service": {"namespace": rns, "name": "hook", "port": 443, "path": "/validate"},
+                        "caBundle": rc.ca_bundle_b64,
+                    },
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": rns}},
+                    "rules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE"],
+                            "resources": ["configmaps"],
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    try:
+
+        def denied():
+            r = rc.kubectl(
+                "apply",
+                "-n",
+                rns,
+                "-f",
+                "-",
+                check=False,
+                input=json.dumps(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ConfigMap",
+                        "metadata": {"name": "bad", "labels": {"deny": "true"}},
+                    }
+                ),
+            )
+            return r if r.returncode != 0 and "denied by the in-cluster webhook" in r.stderr else None
+
+        rc.wait_for(denied, timeout=30, what="denial by the in-cluster webhook")
+        rc.kubectl("create", "configmap", "good", "-n", rns)
+    finally:
+        rc.kubectl("delete", "validatingwebhookconfiguration", name, check=False)
