@@ -154,6 +154,15 @@ def write_archive(out: Path, name: str, layers: Sequence[Path], **config) -> str
     return man_digest
 
 
+def normalize_ref(name: str) -> str:
+    """The full name containerd stores for a short Docker-style reference
+    (``busybox:1`` -> ``docker.io/library/busybox:1``, ``a/b:1`` -> ``docker.io/a/b:1``)."""
+    first, sep, _ = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return name
+    return f"docker.io/{name}" if sep else f"docker.io/library/{name}"
+
+
 def archive_image_names(archive: Path) -> list[str]:
     """The image names an archive will get in containerd: OCI index annotations, or a
     docker-archive's RepoTags."""
@@ -167,7 +176,7 @@ def archive_image_names(archive: Path) -> list[str]:
             ]
         if "manifest.json" in names:
             manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
-            return [t for m in manifest for t in m.get("RepoTags") or []]
+            return [normalize_ref(t) for m in manifest for t in m.get("RepoTags") or []]
     raise ValueError(
         f"{archive}: neither an OCI image layout (index.json) nor a docker archive (manifest.json)"
     )

@@ -102,11 +102,11 @@ def test_oci_archive_names_and_layers(tmp_path):
 def test_docker_archive_names_and_bad_archives(tmp_path):
     docker = tmp_path / "d.tar"
     with tarfile.open(docker, "w") as tar:
-        data = json.dumps([{"RepoTags": ["localhost/a:1"], "Layers": []}]).encode()
+        data = json.dumps([{"RepoTags": ["localhost/a:1", "b:2", "c/d:3"], "Layers": []}]).encode()
         info = tarfile.TarInfo("manifest.json")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-    assert oci.archive_image_names(docker) == ["localhost/a:1"]
+    assert oci.archive_image_names(docker) == ["localhost/a:1", "docker.io/library/b:2", "docker.io/c/d:3"]
     empty = tmp_path / "e.tar"
     with tarfile.open(empty, "w"):
         pass
