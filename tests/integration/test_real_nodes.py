@@ -22,13 +22,10 @@ pytestmark = pytest.mark.integration
 IMAGE = debimage.NAME
 
 
-@pytest.fixture(scope="module")
-def rc():
-    """One kwok node beside the default three real nodes, with the Debian python image loaded."""
-    image = debimage.ensure()
-    with harness.running(nodes=1, real_nodes=3, verbose=False) as c:
-        c.load_image(image)
-        yield c
+@pytest.fixture
+def rc(real_cluster):
+    """One kwok node beside the default three real nodes, the Debian python image loaded."""
+    return real_cluster
 
 
 @pytest.fixture
