@@ -63,7 +63,6 @@ def ensure() -> Path:
         if r.returncode:
             raise RuntimeError(f"mmdebstrap failed ({r.returncode}):\n{r.stderr[-3000:]}")
         oci.write_archive(out, NAME, [rootfs], cmd=["python3"])
-        out.chmod(0o644)
     return out
 
 

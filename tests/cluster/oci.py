@@ -148,6 +148,7 @@ def write_archive(out: Path, name: str, layers: Sequence[Path], **config) -> str
                 info.size, info.mode = d["size"], 0o644
                 with open(layer, "rb") as fh:
                     tar.addfile(info, fh)
+        tmp.chmod(0o644)
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
