@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv lint test test-unit sglang-envs crd demo demo-down clean
+.PHONY: venv lint test test-unit sglang-envs crd images demo demo-down clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -25,6 +25,13 @@ crd: venv  ## regenerate crds/ from the API model
 sglang-envs: venv  ## install the pinned SGLang releases' parsers (cached)
 	$(PYTHON) tests/sglang_compat/envs.py ensure all
 
+# The operator image and the runtime's simulator variant, from the repo's own Dockerfiles with
+# buildah (no registry): cached by input hash under ~/.cache/dsa-operator/images, refs and
+# archives in .images/index.json, loaded into a running test cluster. Needs buildah and
+# mmdebstrap (images/install-deps.sh) and root.
+images: venv
+	$(PYTHON) -m tests.images build
+
 test-unit: venv
 	$(PYTHON) -m pytest tests/operator $(PYTEST_ARGS)
 
@@ -33,8 +40,6 @@ test: venv lint sglang-envs cluster-bins
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
 
 # The main job: a local control plane, the operator, a PD DSAModel until Ready (left running).
-# The demo's pods run on kwok nodes for now (their images are not loaded into real nodes).
-demo: REAL_NODES = 0
 demo: venv cluster-up
 	$(PYTHON) scripts/demo.py up
 

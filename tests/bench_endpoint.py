@@ -3,16 +3,17 @@
     .venv/bin/python tests/bench_endpoint.py [--requests 2000] [--concurrency 16]
 
 Starts its own control plane (kwok, loopback pod IPs) and operator, applies examples/12-pd.yaml,
-puts a stand-in engine (tests/standin_engine.py) at every pod's IP and runs the real router as
+puts the runtime's engine simulator (dsa_runtime.simulator) at every pod's IP and runs the real router as
 the operator's Deployment would (tests/integration/endpoint_env.py). Then it prints:
 
 - ready-to-routed: from the moment the API server shows a new decode group's rank-0 pod Ready
   (decode scaled 1 -> 2 -> 3) to the moment the router lists it as a healthy worker, in ms;
-- requests per second of non-streaming chat completions through the router to the stand-ins
+- requests per second of non-streaming chat completions through the router to the simulators
   (a bounded count, each client on its own keep-alive connection; loopback only).
 
-The stand-ins answer at once, so the throughput is the router's (plus this Python client's
-and the stand-ins' own cost on the same cores), not an engine's. `run()` is what the test
+The simulators answer at once (a decode one after one look-up at its prefill's bootstrap port),
+so the throughput is the router's (plus this Python client's and the simulators' own cost on the
+same cores), not an engine's. `run()` is what the test
 imports, with a cluster and operator it already has and a tiny load.
 """
 
@@ -32,11 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # appended, so the stdlib `operator` stays first
 
-from tests.integration.endpoint_env import RouterProc, StandinFleet, api_client, pod_url, wait  # noqa: E402
+from tests.integration.endpoint_env import RouterProc, SimulatorFleet, api_client, pod_url, wait  # noqa: E402
 from tests.integration.operator_proc import Operator, install_crd, wait_phase  # noqa: E402
 
 MODEL = "dsv32-exp-pd"
-CHAT = json.dumps({"model": "standin", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+CHAT = json.dumps({"model": "simulated", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
 
 
 def _ready_seen(cluster: Any, ns: str, pod: str) -> float:
@@ -116,7 +117,7 @@ def run(cluster: Any, ns: str, requests: int = 2000, concurrency: int = 16) -> d
     """The figures for one namespace of `cluster` (an operator must be running); also printed."""
     cluster.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples" / "12-pd.yaml"))
     wait_phase(cluster, MODEL, ns, "Ready", timeout=90)
-    with StandinFleet(cluster.kubeconfig, ns, MODEL) as fleet:
+    with SimulatorFleet(cluster.kubeconfig, ns, MODEL) as fleet:
         router = RouterProc(cluster, ns, MODEL).start()
         try:
             t0 = time.monotonic()

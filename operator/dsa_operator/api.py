@@ -71,6 +71,12 @@ class RuntimeSpec(Base):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="Pull policy of the serving image."
     )
+    engine: Literal["sglang", "simulator"] = Field(
+        "sglang",
+        description="sglang: the real engine. simulator: dsa-runtime's engine simulator, for "
+        "demos and tests on clusters without GPUs: it loads no model and its answers are not "
+        "model output. Chosen only here; never substituted for SGLang.",
+    )
 
 
 class NetworkSpec(Base):

@@ -88,6 +88,7 @@ class Plan(_Out):
     sglang_version: str
     dialect: str
     family: str
+    engine: str  # spec.runtime.engine: sglang | simulator (which runs the same argv)
     hardware: HardwarePlan
     model: ModelPlan
     shm_size_bytes: int

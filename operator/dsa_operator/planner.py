@@ -117,6 +117,7 @@ def _emit(ctx: Context) -> Plan:
         sglang_version=ctx.dialect.version,
         dialect=ctx.dialect.name,
         family=ctx.family.name,
+        engine=ctx.spec.runtime.engine,
         hardware=HardwarePlan(
             accelerator=a.name,
             arch=a.arch,
@@ -140,5 +141,15 @@ def _emit(ctx: Context) -> Plan:
             service=ctx.name, port=port, url=f"http://{ctx.name}.{ctx.namespace}.svc:{port}/v1"
         ),
         pods=pods,
-        warnings=warnings(ctx),
+        warnings=warnings(ctx) + _engine_warnings(ctx),
     )
+
+
+SIMULATOR_WARNING = (
+    "spec.runtime.engine: the engine simulator runs instead of SGLang (for clusters without GPUs): "
+    "no model is loaded and its answers are not model output"
+)
+
+
+def _engine_warnings(ctx: Context) -> list[str]:
+    return [SIMULATOR_WARNING] if ctx.spec.runtime.engine == "simulator" else []

@@ -131,6 +131,19 @@ def _probes(port: int, startup_timeout: int) -> Obj:
     }
 
 
+def _one_rank_per_node(group_selector: Obj) -> Obj:
+    """Ranks of one multi-node group on distinct nodes: SGLang's --nnodes counts hosts, each rank
+    drives all of its node's GPUs, and two ranks on one node would contend for them. GPU capacity
+    alone keeps them apart only where a node has exactly one rank's worth of GPUs."""
+    return {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": group_selector}, "topologyKey": "kubernetes.io/hostname"}
+            ]
+        }
+    }
+
+
 def _engine_statefulset(
     plan: Plan, spec: DSAModelSpec, role: RolePlan, group: int, cm: Obj, owner: Obj
 ) -> Obj:
@@ -169,7 +182,7 @@ def _engine_statefulset(
         **_probes(role.port, es.startup_timeout_seconds),
     }
     init = []
-    if plan.model.download:
+    if plan.model.download and plan.engine != "simulator":  # the simulator loads no weights
         init.append(
             {
                 "name": "fetch-model",
@@ -199,6 +212,8 @@ def _engine_statefulset(
     }
     if not init:
         del pod_spec["initContainers"]
+    if role.nodes_per_group > 1:
+        pod_spec["affinity"] = _one_rank_per_node(sel)
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",

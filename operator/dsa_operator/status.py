@@ -56,6 +56,7 @@ def plan_summary(plan: Plan) -> Obj:
     return {
         "sglangVersion": plan.sglang_version,
         "dialect": plan.dialect,
+        "engine": plan.engine,
         "accelerator": plan.hardware.accelerator,
         "arch": plan.hardware.arch,
         "roles": {

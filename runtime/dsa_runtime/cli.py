@@ -1,4 +1,4 @@
-"""`dsa-runtime`: the serving container's entrypoint (serve, route, preflight, fetch-model).
+"""`dsa-runtime`: the serving container's entrypoint (serve, route, preflight, rendezvous, fetch-model).
 
 Every expected problem ends as one line on stderr, a distinct exit code (errors.ExitCode)
 and the same line in the termination log; SGLang's own exit status is passed on unchanged.
@@ -6,6 +6,7 @@ and the same line in the termination log; SGLang's own exit status is passed on 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -44,6 +45,32 @@ GraceOpt = Annotated[
         "terminationGracePeriodSeconds)",
     ),
 ]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        envvar="DSA_ENGINE",
+        help="sglang | simulator (default: the plan's engine, spec.runtime.engine). The simulator "
+        "loads no model; its answers are not model output.",
+    ),
+]
+DnsOpt = Annotated[
+    float,
+    typer.Option(
+        "--dns-timeout",
+        envvar="DSA_DNS_TIMEOUT_SECONDS",
+        help="seconds to wait for the leader's DNS name",
+    ),
+]
+RendezvousOpt = Annotated[
+    float,
+    typer.Option(
+        "--rendezvous-timeout",
+        envvar="DSA_RENDEZVOUS_TIMEOUT_SECONDS",
+        help="seconds the simulator's ranks may take to form their group (torch's init timeout)",
+    ),
+]
+SGLANG_PROBE = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('sglang') else 3)"
 
 
 @contextmanager
@@ -77,10 +104,52 @@ def _child_env(pod: P.PodPlan) -> dict[str, str]:
     return {**os.environ, **pod.env}
 
 
-def _finish(status: int, who: P.Identity, termination_log: str | None) -> None:
+def _engine(flag: str | None, plan: P.Plan) -> str:
+    """The engine to run: the flag if given, else the plan's; never guessed from the node."""
+    if flag is None:
+        return plan.engine
+    if flag not in ("sglang", "simulator"):
+        raise typer.BadParameter(f"{flag!r} is not sglang or simulator", param_hint="--engine")
+    return flag
+
+
+def simulator_argv(argv: list[str]) -> list[str]:
+    """The planned SGLang command line, run by the simulator instead of `sglang.launch_server`."""
+    first_flag = next((i for i, a in enumerate(argv) if a.startswith("--")), len(argv))
+    return [sys.executable, "-m", "dsa_runtime.simulator", *argv[first_flag:]]
+
+
+def _check_sglang(argv: list[str], env: dict[str, str]) -> None:
+    """`python3 -m sglang.…` without SGLang installed: say so, rather than a bare exit status 1."""
+    if len(argv) < 3 or argv[1] != "-m" or not argv[2].startswith("sglang"):
+        return
+    try:
+        rc = subprocess.run([argv[0], "-c", SGLANG_PROBE], env=env, check=False).returncode
+    except OSError:
+        return  # the supervisor reports a program that cannot start
+    if rc == 3:
+        raise RuntimeFailure(
+            ExitCode.ENGINE_MISSING,
+            f"SGLang is not installed here ({argv[0]} -m {argv[2]} cannot import sglang): run the "
+            f"dsa-runtime image built on SGLang's; a cluster without GPUs can set "
+            f"spec.runtime.engine: simulator (its answers are not model output)",
+        )
+
+
+def _step(command: list[str], path: object, termination_log: str | None, env: dict[str, str]) -> None:
+    """Run `dsa-runtime <command>` as a child; its failure (one line, its code) ends serve."""
+    cmd = [sys.executable, "-m", "dsa_runtime", *command, "--plan", str(path)]
+    if termination_log:
+        cmd += ["--termination-log", termination_log]
+    rc = subprocess.run(cmd, check=False, env=env).returncode
+    if rc != 0:
+        raise typer.Exit(rc)
+
+
+def _finish(status: int, who: P.Identity, termination_log: str | None, engine: str = "sglang") -> None:
     if status != 0:
         write_termination(
-            f"sglang ({who}) exited with status {status}\n", termination_log_path(termination_log)
+            f"{engine} ({who}) exited with status {status}\n", termination_log_path(termination_log)
         )
     raise typer.Exit(status)
 
@@ -89,39 +158,55 @@ def _finish(status: int, who: P.Identity, termination_log: str | None) -> None:
 def serve(
     plan_file: PlanOpt = None,
     termination_log: TermOpt = None,
-    dns_timeout: Annotated[
-        float,
-        typer.Option(
-            "--dns-timeout",
-            envvar="DSA_DNS_TIMEOUT_SECONDS",
-            help="seconds to wait for the leader's DNS name",
-        ),
-    ] = 600.0,
+    engine: EngineOpt = None,
+    dns_timeout: DnsOpt = 600.0,
+    rendezvous_timeout: RendezvousOpt = 600.0,
     grace: GraceOpt = 60.0,
     skip_preflight: Annotated[bool, typer.Option("--skip-preflight", envvar="DSA_SKIP_PREFLIGHT")] = False,
     shape: Annotated[str, typer.Option(help="preflight problem size")] = "small",
 ) -> None:
-    """Wait for the leader, check the node, then run this pod's SGLang engine."""
+    """Wait for the leader, check the node, then run this pod's engine (SGLang, or the simulator
+    when the plan or --engine says so)."""
     _setup_logging()
     with reporting(termination_log):
         path, plan, who = _load(plan_file)
         if who.role == "router":
             raise RuntimeFailure(ExitCode.ROLE_MISMATCH, "DSA_ROLE=router: use `dsa-runtime route`")
         pod = P.pod_entry(plan, who)
-        log.info("plan %s/%s, pod %s, SGLang %s", plan.namespace, plan.name, who, plan.sglang_version)
+        chosen = _engine(engine, plan)
+        log.info(
+            "plan %s/%s, pod %s, SGLang %s, engine %s",
+            plan.namespace,
+            plan.name,
+            who,
+            plan.sglang_version,
+            chosen,
+        )
+        if chosen == "simulator":
+            log.warning("engine simulator: not SGLang, no model is loaded; answers are not model output")
         leader = P.leader_address(pod.argv)
         if leader:
             from dsa_runtime.dns import wait_for_dns
 
             wait_for_dns(leader[0], leader[1], dns_timeout)
         if not skip_preflight:
-            cmd = [sys.executable, "-m", "dsa_runtime", "preflight", "--plan", str(path), "--shape", shape]
-            if termination_log:
-                cmd += ["--termination-log", termination_log]
             # A separate process, so its CUDA context does not stay in PID 1 beside SGLang.
-            rc = subprocess.run(cmd, check=False).returncode
-            if rc != 0:
-                raise typer.Exit(rc)
+            _step(
+                ["preflight", "--shape", shape, "--engine", chosen], path, termination_log, dict(os.environ)
+            )
+        if chosen == "simulator":
+            from dsa_runtime.rendezvous import group_from_argv
+
+            if group_from_argv(pod.argv):
+                # Its own process too: torch and the group's store do not stay beside the engine.
+                step = ["rendezvous", "--dns-timeout", str(dns_timeout)]
+                step += ["--rendezvous-timeout", str(rendezvous_timeout)]
+                _step(step, path, termination_log, dict(os.environ))
+            from dsa_runtime.supervisor import supervise
+
+            status = supervise(simulator_argv(pod.argv), _child_env(pod), grace)
+            _finish(status, who, termination_log, "simulator")
+        _check_sglang(pod.argv, _child_env(pod))
         holder: list[subprocess.Popen[bytes]] = []
         if who.rank > 0 and P.nnodes(pod.argv) > 1:
             from dsa_runtime.health import start_health_server
@@ -164,8 +249,11 @@ def preflight(
         bool, typer.Option("--run-kernel/--no-run-kernel", help="run the sparse kernel check")
     ] = True,
     shm_path: Annotated[str, typer.Option(envvar="DSA_SHM_PATH")] = "/dev/shm",
+    engine: EngineOpt = None,
 ) -> None:
-    """Check GPUs, /dev/shm, model path and kernels against the plan; print one JSON line."""
+    """Check GPUs, /dev/shm, model path and kernels against the plan; print one JSON line.
+
+    For the simulator on a node without GPUs, the GPU and kernel checks are skipped (and said so)."""
     _setup_logging()
     from dsa_runtime import preflight as PF
 
@@ -175,9 +263,46 @@ def preflight(
             raise typer.BadParameter(f"unknown shape {shape!r}", param_hint="--shape")
         P.pod_entry(plan, who)
         report = PF.preflight(
-            plan, who.role, shm_path=shm_path, shape=shape, iters=iters, run_kernel=run_kernel
+            plan,
+            who.role,
+            shm_path=shm_path,
+            shape=shape,
+            iters=iters,
+            run_kernel=run_kernel,
+            engine=_engine(engine, plan),
         )
         PF.emit(report)
+
+
+@app.command()
+def rendezvous(
+    plan_file: PlanOpt = None,
+    termination_log: TermOpt = None,
+    dns_timeout: DnsOpt = 600.0,
+    rendezvous_timeout: RendezvousOpt = 600.0,
+) -> None:
+    """Join this pod's group at the planned --dist-init-addr as SGLang would (torch, gloo), with
+    --nnodes and --node-rank; all-reduce and check the sum; print one JSON line."""
+    _setup_logging()
+    from dsa_runtime import rendezvous as R
+
+    with reporting(termination_log):
+        _, plan, who = _load(plan_file)
+        pod = P.pod_entry(plan, who)
+        group = R.group_from_argv(pod.argv)
+        if group is None:
+            print(json.dumps({"rendezvous": "none", "reason": "a single-node group"}), flush=True)
+            return
+        from dsa_runtime.dns import wait_for_dns
+
+        wait_for_dns(group.host, group.port, dns_timeout)
+        os.environ.update(pod.env)  # the plan's NCCL/GLOO settings, before torch reads them
+        ifname, why = R.gloo_interface(dict(os.environ))
+        if ifname:
+            os.environ["GLOO_SOCKET_IFNAME"] = ifname
+        log.info("gloo interface: %s (%s)", ifname or "torch's default", why)
+        report = R.join(group, rendezvous_timeout)
+        print(json.dumps({**report, "glooInterface": ifname}), flush=True)
 
 
 @app.command("fetch-model")

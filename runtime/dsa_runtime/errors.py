@@ -27,6 +27,8 @@ class ExitCode(IntEnum):
     MODEL_MISSING = 75
     FETCH_FAILED = 76
     EXEC_FAILED = 77
+    RENDEZVOUS_FAILED = 78
+    ENGINE_MISSING = 79
 
 
 EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
@@ -45,6 +47,9 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.MODEL_MISSING: "the plan's local model path is absent",
     ExitCode.FETCH_FAILED: "the model snapshot could not be fetched",
     ExitCode.EXEC_FAILED: "the planned program could not be started",
+    ExitCode.RENDEZVOUS_FAILED: "a rank could not join its group's torch.distributed rendezvous, "
+    "or the all-reduce across the group was wrong (simulator)",
+    ExitCode.ENGINE_MISSING: "the planned engine is not installed: SGLang, or torch for the simulator",
 }
 
 

@@ -19,6 +19,7 @@ from dsa_runtime.errors import ExitCode, RuntimeFailure
 
 DEFAULT_PLAN_FILE = "/etc/dsa/plan.json"
 Role = Literal["serving", "prefill", "decode", "router"]
+Engine = Literal["sglang", "simulator"]
 
 
 class _Lenient(BaseModel):
@@ -66,6 +67,8 @@ class Plan(_Lenient):
     sglang_version: str = Field(alias="sglangVersion")
     dialect: str = "dsa"
     family: str = ""
+    # spec.runtime.engine; plans from before the field run SGLang
+    engine: Engine = "sglang"
     hardware: Hardware
     model: Model
     shm_size_bytes: int | None = Field(default=None, alias="shmSizeBytes")

@@ -33,7 +33,9 @@ def check_gpus(plan: Plan, gpus: list[Gpu] | None) -> list[Gpu]:
         raise RuntimeFailure(
             ExitCode.GPU_MISMATCH,
             f"plan needs {hw.gpus_per_node} NVIDIA GPUs per node, {why}: request "
-            f"nvidia.com/gpu: {hw.gpus_per_node} and use the NVIDIA container runtime",
+            f"nvidia.com/gpu: {hw.gpus_per_node} and use the NVIDIA container runtime (on a cluster "
+            f"without GPUs, spec.runtime.engine: simulator runs the engine simulator instead, whose "
+            f"answers are not model output)",
         )
     if len(gpus) < hw.gpus_per_node:
         raise RuntimeFailure(
@@ -114,15 +116,28 @@ def preflight(
     shape: str = "small",
     iters: int = 20,
     run_kernel: bool = True,
+    engine: str = "sglang",
 ) -> dict[str, Any]:
-    """Every check in order; raises RuntimeFailure on the first problem, else a report."""
-    report: dict[str, Any] = {"preflight": "ok", "role": role}
-    gpus = check_gpus(plan, detect_gpus())
+    """Every check in order; raises RuntimeFailure on the first problem, else a report.
+
+    The simulator on a node without GPUs skips the GPU and kernel checks and says so; on a node
+    with GPUs it is checked like SGLang (a wrong GPU fails). It loads no model, so the model
+    path is not checked for it.
+    """
+    report: dict[str, Any] = {"preflight": "ok", "role": role, "engine": engine}
+    visible = detect_gpus()
+    if engine == "simulator" and not visible:
+        log.warning("no GPU present: GPU and kernel checks skipped (engine simulator)")
+        report.update(gpus=0, kernelChecks="skipped: no GPU present (engine simulator)")
+        report["shmBytes"] = check_shm(plan, shm_path)
+        return report
+    gpus = check_gpus(plan, visible)
     if gpus:
         first = gpus[0]
         report.update(gpu=first.name, gpus=len(gpus), computeCapability=first.compute_capability)
     report["shmBytes"] = check_shm(plan, shm_path)
-    check_model(plan)
+    if engine != "simulator":
+        check_model(plan)
     role_plan = plan.role(role)
     if role == "router" or role_plan is None or role_plan.kernels is None:
         return report

@@ -18,10 +18,7 @@ PACKAGES=(
   openssl                                         # certificates when `cryptography` is absent
   mmdebstrap                                      # the Debian rootfs of the test image
 )
-# Image builds (`make images`): their packages go here, pinned the same way, e.g. buildah.
-IMAGE_PACKAGES=(
-)
-PACKAGES+=("${IMAGE_PACKAGES[@]}")
+# The image builds' packages (buildah, ...) are in images/install-deps.sh.
 # One-off additions without editing this file: DSA_EXTRA_DEBS="pkg pkg=version".
 # shellcheck disable=SC2206
 PACKAGES+=(${DSA_EXTRA_DEBS:-})

@@ -1,13 +1,16 @@
-"""Helpers for the endpoint tests: stand-in engines at the pods' addresses and the real router.
+"""Helpers for the endpoint tests: the runtime's engine simulator at the pods' addresses, and the
+real router.
 
 Why this works without containers: kwok gives every Running pod an IP from the cluster's pod
 CIDR, which the harness sets to loopback (127.128.0.0/16). On Linux all of 127.0.0.0/8 is
-local, so a stand-in bound to a pod's IP on this machine *is* that pod's address, and the real
+local, so a simulator bound to a pod's IP on this machine *is* that pod's address, and the real
 router, discovering pods through the API server, dials exactly what it would in a cluster. No
 traffic leaves loopback.
 
-- `StandinFleet` watches a model's engine pods and keeps one `StandinEngine` per pod that has
-  an IP, at (podIP, the pod's `http` container port); it stops a stand-in when its pod goes.
+- `SimulatorFleet` watches a model's engine pods and keeps one `EngineSimulator`
+  (dsa_runtime.simulator) per pod that has an IP, configured from the pod's planned SGLang
+  command line (read from the plan ConfigMap the pod mounts), bound to the pod's IP instead of
+  the planned 0.0.0.0; it stops a simulator when its pod goes.
 - `RouterProc` runs the router as the operator's Deployment would: the planned argv from the
   router's plan ConfigMap, run by `dsa-runtime route`, with the router ServiceAccount's token.
 """
@@ -15,6 +18,7 @@ traffic leaves loopback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -32,10 +36,10 @@ from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 
 from dsa_operator import labels
+from dsa_runtime.simulator import EngineSimulator, config_from_argv
 from tests.cluster.harness import _free_ports
 from tests.processes import stop_group
 from tests.sglang_compat import envs
-from tests.standin_engine import StandinEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -88,21 +92,22 @@ def api_client(kubeconfig: Path) -> k8s.CoreV1Api:
     return k8s.CoreV1Api(k8s_config.new_client_from_config(str(kubeconfig)))
 
 
-# --------------------------------------------------------------------------- stand-ins
-class StandinFleet:
-    """One stand-in per engine pod of `model` in `ns`, following the pods through a watch."""
+# --------------------------------------------------------------------------- simulators
+class SimulatorFleet:
+    """One engine simulator per engine pod of `model` in `ns`, following the pods through a watch."""
 
     def __init__(self, kubeconfig: Path, ns: str, model: str, delay_s: float = 0.0):
         self.ns, self.model, self.delay_s = ns, model, delay_s
         self.api = api_client(kubeconfig)
         self.selector = f"{labels.MODEL}={model},{labels.COMPONENT}=engine"
-        self.engines: dict[str, StandinEngine] = {}  # by pod UID
-        self.retired: list[StandinEngine] = []  # stopped ones, still readable by tests
+        self.engines: dict[str, EngineSimulator] = {}  # by pod UID
+        self.retired: list[EngineSimulator] = []  # stopped ones, still readable by tests
+        self._plans: dict[str, dict[str, Any]] = {}  # plan ConfigMap name -> plan (immutable)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"fleet-{model}", daemon=True)
 
-    def __enter__(self) -> StandinFleet:
+    def __enter__(self) -> SimulatorFleet:
         self._thread.start()
         return self
 
@@ -117,16 +122,16 @@ class StandinFleet:
                 self.retired.append(e)
             self.engines.clear()
 
-    def by_pod(self, name: str) -> StandinEngine | None:
+    def by_pod(self, name: str) -> EngineSimulator | None:
         with self._lock:
             return next((e for e in self.engines.values() if e.pod == name), None)
 
-    def all_engines(self) -> list[StandinEngine]:
-        """Live and stopped stand-ins (a restarted pod's old stand-in keeps what it saw)."""
+    def all_engines(self) -> list[EngineSimulator]:
+        """Live and stopped simulators (a restarted pod's old simulator keeps what it saw)."""
         with self._lock:
             return [*self.retired, *self.engines.values()]
 
-    def live(self) -> list[StandinEngine]:
+    def live(self) -> list[EngineSimulator]:
         with self._lock:
             return list(self.engines.values())
 
@@ -160,37 +165,45 @@ class StandinFleet:
         for p in pods:
             self._event("MODIFIED", p)
 
+    def _planned_argv(self, pod: Any, role: str, group: int, rank: int) -> list[str]:
+        """This pod's argv in the plan it mounts, as `dsa-runtime serve` would read it."""
+        cm = next(v.config_map.name for v in pod.spec.volumes if v.name == "plan")
+        if cm not in self._plans:
+            data = self.api.read_namespaced_config_map(cm, self.ns).data["plan.json"]
+            self._plans[cm] = json.loads(data)
+        return next(
+            p["argv"]
+            for p in self._plans[cm]["pods"]
+            if (p["role"], p["group"], p["rank"]) == (role, group, rank)
+        )
+
     def _event(self, kind: str, pod: Any) -> None:
         uid = pod.metadata.uid
         gone = kind == "DELETED" or pod.metadata.deletion_timestamp is not None
-        with self._lock:
+        ip = pod.status.pod_ip if pod.status else None
+        if gone or not ip or pod.status.phase != "Running":
             if gone:
-                if uid in self.engines:
-                    self._retire(uid)
+                with self._lock:
+                    if uid in self.engines:
+                        self._retire(uid)
+            return
+        with self._lock:
+            if uid in self.engines:
                 return
-            ip = pod.status.pod_ip if pod.status else None
-            if uid in self.engines or not ip or pod.status.phase != "Running":
+        lbl = pod.metadata.labels or {}
+        role, group, rank = lbl.get(labels.ROLE, "?"), int(lbl[labels.GROUP]), int(lbl[labels.POD_INDEX])
+        env = {"DSA_ROLE": role, "DSA_GROUP": str(group), "POD_NAME": pod.metadata.name}
+        config = config_from_argv(self._planned_argv(pod, role, group, rank), env)
+        config = dataclasses.replace(config, host=ip, delay_s=self.delay_s)  # the pod's IP, not 0.0.0.0
+        with self._lock:
+            if uid in self.engines:
                 return
-            port = next(
-                p.container_port for c in pod.spec.containers for p in c.ports or [] if p.name == "http"
-            )
-            for other in [u for u, e in self.engines.items() if (e.host, e.port) == (ip, port)]:
+            for other in [u for u, e in self.engines.items() if e.host == ip]:
                 self._retire(other)  # an IP handed on before we saw the old pod go
-            lbl, ann = pod.metadata.labels or {}, pod.metadata.annotations or {}
-            bootstrap = ann.get(labels.BOOTSTRAP_PORT)
-            engine = StandinEngine(
-                ip,
-                port,
-                pod.metadata.name,
-                lbl.get(labels.ROLE, "?"),
-                int(lbl.get(labels.POD_INDEX, "0")),
-                int(bootstrap) if bootstrap else None,
-                delay_s=self.delay_s,
-            )
             try:
-                self.engines[uid] = engine.start()
+                self.engines[uid] = EngineSimulator(config).start()
             except OSError as e:
-                print(f"[fleet] cannot serve {pod.metadata.name} at {ip}:{port}: {e}", file=sys.stderr)
+                print(f"[fleet] cannot serve {pod.metadata.name} at {ip}:{config.port}: {e}", file=sys.stderr)
 
     def _retire(self, uid: str) -> None:
         e = self.engines.pop(uid)

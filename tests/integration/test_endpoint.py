@@ -1,7 +1,8 @@
 """The endpoint end to end: the real sglang-router discovers the operator's pods and serves.
 
-The operator runs against the real control plane (kwok GPU nodes, pod IPs on loopback); a
-stand-in engine answers at each pod's IP and port (tests/standin_engine.py); the router runs
+The operator runs against the real control plane (kwok GPU nodes, pod IPs on loopback); the
+runtime's engine simulator (dsa_runtime.simulator) answers at each pod's IP and port, configured
+from the pod's planned SGLang command line; the router runs
 exactly the argv the operator planned, through `dsa-runtime route`, with the credentials of
 the ServiceAccount the operator made for it. Only loopback addresses are ever dialled.
 """
@@ -18,10 +19,11 @@ import pytest
 import yaml
 
 from dsa_operator import labels
+from dsa_runtime.simulator import reply_text
 from tests.cluster import harness
 from tests.integration.endpoint_env import (
     RouterProc,
-    StandinFleet,
+    SimulatorFleet,
     engine_pods,
     healthy,
     http,
@@ -32,7 +34,7 @@ from tests.integration.operator_proc import ROOT, Operator, install_crd, wait_ph
 
 pytestmark = pytest.mark.integration
 EXAMPLES = ROOT / "examples"
-CHAT = {"model": "standin", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+CHAT = {"model": "simulated", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,7 @@ def start_pd(cluster, ns: str, manifest: dict, delay_s: float = 0.0):
     model = manifest["metadata"]["name"]
     apply(cluster, ns, manifest)
     wait_phase(cluster, model, ns, "Ready", timeout=90)
-    fleet = StandinFleet(cluster.kubeconfig, ns, model, delay_s=delay_s).__enter__()
+    fleet = SimulatorFleet(cluster.kubeconfig, ns, model, delay_s=delay_s).__enter__()
     router = RouterProc(cluster, ns, model).start()
     router.wait_up()
     return model, fleet, router
@@ -159,7 +161,7 @@ def test_pd_router_registers_rank0_pods_and_serves_chat(cluster, op, ns):
     model = manifest["metadata"]["name"]
     apply(cluster, ns, manifest)
     wait_phase(cluster, model, ns, "Ready", timeout=90)
-    with StandinFleet(cluster.kubeconfig, ns, model) as fleet:
+    with SimulatorFleet(cluster.kubeconfig, ns, model) as fleet:
         router = RouterProc(cluster, ns, model).start()
         try:
             assert router.planned_argv[:5] == [
@@ -194,8 +196,13 @@ def test_pd_router_registers_rank0_pods_and_serves_chat(cluster, op, ns):
                 assert status == 200, reply
                 decode = next(e for e in fleet.live() if e.url in decode0)
                 prefill = next(e for e in fleet.live() if e.url in prefill0)
-                assert reply["choices"][0]["message"]["content"] == f"answered by {decode.pod} (decode)"
-                room = reply["standin"]["bootstrap_room"]
+                assert reply["choices"][0]["message"]["content"] == reply_text(decode.config.who)
+                # router -> prefill rank 0 -> decode rank 0, as the simulators recorded it
+                assert [(s["pod"], s["role"], s["rank"]) for s in reply["simulator"]["served_by"]] == [
+                    (prefill.pod, "prefill", 0),
+                    (decode.pod, "decode", 0),
+                ]
+                room = reply["simulator"]["bootstrap_room"]
                 assert room is not None and prefill.rooms() == [room] and decode.rooms() == [room]
                 req = next(prefill.generation_requests()).body
                 assert req["bootstrap_port"] == 8998 and req["bootstrap_host"] == prefill.host
@@ -245,7 +252,7 @@ def test_group_restart_router_drops_and_reregisters_without_hanging(cluster, op,
     model = manifest["metadata"]["name"]
     apply(cluster, ns, manifest)
     wait_phase(cluster, model, ns, "Ready", timeout=90)
-    with StandinFleet(cluster.kubeconfig, ns, model, delay_s=0.05) as fleet:
+    with SimulatorFleet(cluster.kubeconfig, ns, model, delay_s=0.05) as fleet:
         router = RouterProc(cluster, ns, model).start()
         try:
             router.wait_up()
@@ -315,7 +322,7 @@ def test_group_restart_router_drops_and_reregisters_without_hanging(cluster, op,
             assert max(t for t, _ in results) < 10
             ok = [r for _, r in results if r == 200]
             assert len(ok) > len(results) // 2
-            assert fleet.by_pod(leader0) is not None  # the new leader's stand-in is up
+            assert fleet.by_pod(leader0) is not None  # the new leader's simulator is up
             status, _ = chat(router)
             assert status == 200
             others = {r for _, r in results} - {200}
@@ -329,7 +336,7 @@ def test_scaling_decode_adds_worker_without_restarting_router(cluster, op, ns):
     model = manifest["metadata"]["name"]
     cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "12-pd.yaml"))
     wait_phase(cluster, model, ns, "Ready", timeout=90)
-    with StandinFleet(cluster.kubeconfig, ns, model):
+    with SimulatorFleet(cluster.kubeconfig, ns, model):
         router = RouterProc(cluster, ns, model).start()
         try:
             router.wait_up()
@@ -355,7 +362,7 @@ def test_scaling_decode_adds_worker_without_restarting_router(cluster, op, ns):
             for _ in range(20):
                 status, reply = chat(router)
                 assert status == 200, reply
-                served.add(reply["standin"]["pod"])
+                served.add(reply["simulator"]["pod"])
             assert served <= {f"{model}-decode-0-0", f"{model}-decode-1-0"}
         finally:
             router.stop()
@@ -381,12 +388,12 @@ def test_unified_without_router_service_selects_rank0(cluster, op, ns):
     engines = engine_pods(cluster, ns, model)
     assert len(engines) == 2
     assert [p["metadata"]["name"] for p in selected] == [f"{model}-serving-0-0"]
-    with StandinFleet(cluster.kubeconfig, ns, model):
+    with SimulatorFleet(cluster.kubeconfig, ns, model):
         url = pod_url(selected[0])
-        wait(lambda: healthy(url), 10, "the stand-in")
+        wait(lambda: healthy(url), 10, "the simulator")
         status, reply = http("POST", f"{url}/v1/chat/completions", CHAT)
         assert status == 200
-        assert reply["choices"][0]["message"]["content"] == f"answered by {model}-serving-0-0 (serving)"
+        assert reply["simulator"]["pod"] == f"{model}-serving-0-0" and reply["simulator"]["rank"] == 0
         rank1 = pod_url(next(p for p in engines if p["metadata"]["name"].endswith("-1")))
         assert http("POST", f"{rank1}/v1/chat/completions", CHAT)[0] == 404
 
@@ -398,7 +405,7 @@ def test_unified_with_router_serves_through_rank0_workers(cluster, op, ns):
     wait_phase(cluster, model, ns, "Ready", timeout=90)
     svc = cluster.kubectl_json("get", "service", model, "-n", ns)
     assert svc["spec"]["selector"][labels.COMPONENT] == "router"
-    with StandinFleet(cluster.kubeconfig, ns, model):
+    with SimulatorFleet(cluster.kubeconfig, ns, model):
         router = RouterProc(cluster, ns, model).start()
         try:
             assert "--selector" in router.planned_argv and "--pd-disaggregation" not in router.planned_argv
@@ -411,7 +418,7 @@ def test_unified_with_router_serves_through_rank0_workers(cluster, op, ns):
             for _ in range(20):
                 status, reply = chat(router)
                 assert status == 200, reply
-                served.add(reply["standin"]["pod"])
+                served.add(reply["simulator"]["pod"])
             assert served and served <= {f"{model}-serving-0-0", f"{model}-serving-1-0"}
         finally:
             router.stop()

@@ -249,3 +249,25 @@ def test_plan_does_not_mutate_its_input(example):
     with contextlib.suppress(PlanError):
         plan(example, sglang_version="0.5.23")
     assert example == before
+
+
+def test_engine_defaults_to_sglang_and_simulator_is_explicit_with_the_same_argv():
+    m = example("19-pd-pp-cp")
+    real = plan(m)
+    assert real.engine == "sglang" and real.to_json_dict()["engine"] == "sglang"
+    assert not [w for w in real.warnings if "simulator" in w]
+    sim_manifest = copy.deepcopy(m)
+    sim_manifest["spec"].setdefault("runtime", {})["engine"] = "simulator"
+    sim = plan(sim_manifest)
+    assert sim.engine == "simulator"
+    # The simulator consumes the planned SGLang command lines unchanged (ports, rendezvous, PD).
+    assert [p.argv for p in sim.pods] == [p.argv for p in real.pods]
+    assert any("not model output" in w for w in sim.warnings)
+
+
+def test_unknown_engine_is_refused_with_its_field():
+    m = example("03-pure-tp")
+    m["spec"].setdefault("runtime", {})["engine"] = "vllm"
+    with pytest.raises(PlanError) as e:
+        plan(m)
+    assert [p.path for p in e.value.problems] == ["spec.runtime.engine"]

@@ -119,3 +119,32 @@ def test_every_child_is_owned(example):
         ref = o["metadata"]["ownerReferences"][0]
         assert ref["uid"] == "0000-1111" and ref["controller"] is True and ref["kind"] == "DSAModel"
         assert o["metadata"]["labels"][labels.MODEL] == m["metadata"]["name"]
+
+
+def test_simulator_engine_skips_the_weights_download_only():
+    def simulate(m):
+        m["spec"].setdefault("runtime", {})["engine"] = "simulator"
+
+    real, sim = objects("12-pd"), objects("12-pd", simulate)
+    real_sts = {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in by_kind(real, "StatefulSet")}
+    sim_sts = {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in by_kind(sim, "StatefulSet")}
+    assert real_sts.keys() == sim_sts.keys()
+    for name, spec in sim_sts.items():
+        assert "initContainers" in real_sts[name] and "initContainers" not in spec  # no weights to fetch
+        assert spec["containers"] == real_sts[name]["containers"]  # same image, args, GPUs, probes
+        assert spec["nodeSelector"] == real_sts[name]["nodeSelector"]
+    plans = [json.loads(o["data"]["plan.json"]) for o in by_kind(sim, "ConfigMap")]
+    assert {p["engine"] for p in plans} == {"simulator"}
+
+
+def test_ranks_of_a_multi_node_group_never_share_a_node():
+    sts = {o["metadata"]["name"]: o for o in by_kind(objects("19-pd-pp-cp"), "StatefulSet")}
+    pre = sts["dsv32-pd-pp-cp-prefill-0"]["spec"]
+    (term,) = pre["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    # Exactly this group's pods: another group of the model may share the node.
+    assert term["labelSelector"]["matchLabels"] == pre["selector"]["matchLabels"]
+    one_node = sts["dsv32-pd-pp-cp-decode-0"]["spec"]["template"]["spec"]
+    assert "affinity" not in one_node

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -232,3 +233,38 @@ def test_python_m_and_exit_codes_table(tmp_path):
     res = dsa(["exit-codes"], runtime_env(tmp_path, tmp_path / "p.json"))
     assert res.returncode == 0
     assert "LEADER_UNRESOLVED" in res.stdout and " 69 " in f" {res.stdout}"
+
+
+def test_sglang_not_installed_is_said_not_substituted(tmp_path, write_plan):
+    """The plan says SGLang (the default): without it the runtime fails, it never simulates."""
+    argv = [sys.executable, "-m", "sglang.launch_server", "--model-path", "m", "--port", str(free_port())]
+    res = dsa(SERVE, runtime_env(tmp_path, write_plan(make_plan(argv))))
+    _one_line_error(res, ExitCode.ENGINE_MISSING, "SGLang is not installed here")
+    assert "SIMULATOR" not in res.stderr
+
+
+def test_engine_flag_must_name_an_engine(tmp_path, write_plan):
+    res = dsa([*SERVE, "--engine", "vllm"], runtime_env(tmp_path, write_plan(make_plan(["x"]))))
+    assert res.returncode == 2 and "sglang or simulator" in res.stderr
+
+
+def test_simulator_single_node_serves_the_planned_port(tmp_path, write_plan):
+    port = free_port()
+    argv = ["python3", "-m", "sglang.launch_server", "--model-path", "m", "--host", "127.0.0.1"]
+    plan = write_plan(make_plan([*argv, "--port", str(port)], engine="simulator"))
+    proc = dsa_popen(SERVE, runtime_env(tmp_path, plan, POD_NAME="m-serving-0-0"))
+    try:
+        end = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health_generate", timeout=5) as r:
+                    assert r.status == 200 and r.headers["X-DSA-Simulator"].startswith("true")
+                    break
+            except urllib.error.URLError:
+                assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+                time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "engine simulator: not SGLang" in err and "SIMULATOR m-serving-0-0" in err

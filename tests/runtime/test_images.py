@@ -60,15 +60,72 @@ def test_hadolint_clean(dockerfile):
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+# versions.PINS names the runtime image's base CUDA_BASE_IMAGE; both Dockerfiles call their
+# base argument BASE (one name for `make images` to substitute).
+ARG_NAMES = {"CUDA_BASE_IMAGE": "BASE"}
+
+
 def test_runtime_image_args_match_versions_module():
     args = _args(DOCKERFILES[1].read_text())
     for name, value in versions.PINS.items():
-        assert args.get(name) == value, f"images/runtime/Dockerfile ARG {name}"
+        arg = ARG_NAMES.get(name, name)
+        assert args.get(arg) == value, f"images/runtime/Dockerfile ARG {arg}"
 
 
 def test_operator_image_base_matches_versions_module():
-    froms = re.findall(r"^FROM\s+(\S+)", DOCKERFILES[0].read_text(), flags=re.M)
-    assert froms == [versions.PYTHON_BASE_IMAGE]
+    text = DOCKERFILES[0].read_text()
+    assert re.findall(r"^FROM\s+(\S+)", text, flags=re.M) == ["${BASE}"]
+    assert _args(text)["BASE"] == versions.PYTHON_BASE_IMAGE
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_base_is_a_build_argument(dockerfile):
+    """`make images` builds these same files on a local base: only BASE may differ."""
+    text = dockerfile.read_text()
+    assert re.findall(r"^FROM\s+(\S+)", text, flags=re.M) == ["${BASE}"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_python_steps_cannot_shadow_the_stdlib(dockerfile):
+    """A `python -m`/`-c` step at /src would import the context's operator/ as the stdlib's."""
+    steps = re.findall(r"\bpython3?((?:\s+-[A-Za-z]+)*?)\s+-([mc])\s+[\"']?(\w*)", dockerfile.read_text())
+    assert steps
+    for flags, mode, what in steps:
+        assert "-P" in flags.split() or (mode, what) == ("m", "venv"), f"python{flags} -{mode} {what}"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_no_buildkit_only_instructions(dockerfile):
+    """BuildKit and buildah both build these files: no ADD of a git URL, no RUN --mount."""
+    text = dockerfile.read_text()
+    assert not re.search(r"^ADD\s+\S*(\.git\b|git@)", text, flags=re.M)
+    assert not re.search(r"^RUN\s+--mount", text, flags=re.M)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_images_run_as_non_root(dockerfile):
+    users = re.findall(r"^USER\s+(\S+)", dockerfile.read_text(), flags=re.M)
+    assert users and users[-1] == "65532:65532"
+
+
+def test_simulator_variant_leaves_out_the_gpu_wheels():
+    """ENGINE=simulator installs torch and the router, none of sglang's GPU wheels."""
+    text = DOCKERFILES[1].read_text()
+    assert _args(text)["ENGINE"] == "sglang"  # production default
+    branch = re.search(r"else\s*\\\n(.*?)fi", text, flags=re.S)
+    assert branch, "the simulator branch of the engine layer"
+    assert '"torch==${TORCH_VERSION}"' in branch.group(1)
+    assert '"${ROUTER_PACKAGE}==${ROUTER_VERSION}"' in branch.group(1)
+    for gpu in ("sglang==", "sglang-kernel", "flashinfer", "flash-mla"):
+        assert gpu not in branch.group(1)
+
+
+def test_simulator_extra_pins_torch_as_the_image_does():
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert (
+        f"torch=={_args(DOCKERFILES[1].read_text())['TORCH_VERSION']}"
+        in meta["optional-dependencies"]["simulator"]
+    )
 
 
 def test_base_images_pinned_by_tag():

@@ -68,3 +68,23 @@ def test_argv_helpers():
     assert P.serving_port(["sglang"]) == 30000
     assert P.leader_address(["--dist-init-addr", "[::1]:5"]) == ("::1", 5)
     assert _fail(P.leader_address, ["--dist-init-addr", "host"]).code == ExitCode.PLAN_MALFORMED
+
+
+def test_the_rendered_plan_configmap_names_the_engine():
+    """What a pod mounts at /etc/dsa/plan.json, from the operator's own render."""
+    from dsa_operator.api import parse_spec
+    from dsa_operator.planner import plan as make
+    from dsa_operator.render import render
+    from tests.conftest import ROOT, load
+
+    manifest = load(ROOT / "examples" / "19-pd-pp-cp.yaml")
+    manifest["spec"].setdefault("runtime", {})["engine"] = "simulator"
+    owner = {"metadata": {"name": "m", "uid": "u"}}
+    objs = render(make(manifest), parse_spec(manifest["spec"]), owner)
+    docs = [o["data"]["plan.json"] for o in objs if o["kind"] == "ConfigMap"]
+    assert docs
+    for text in docs:
+        p = P.Plan.model_validate_json(text)
+        assert p.engine == "simulator"
+    older = {k: v for k, v in json.loads(docs[0]).items() if k != "engine"}
+    assert P.Plan.model_validate(older).engine == "sglang"  # a plan from before the field

@@ -77,3 +77,26 @@ def test_serve_runs_preflight_first_and_passes_its_code(env_for, script):
     plan = make_plan(script("raise SystemExit('must not start')"))
     res = dsa(["serve"], env_for(plan, gpus=2))
     _one_line_error(res, ExitCode.GPU_MISMATCH, "this node has 2")
+
+
+def test_simulator_without_gpus_says_the_checks_were_skipped(tmp_path, write_plan):
+    plan = make_plan(["x"], engine="simulator")
+    plan["model"]["localPath"] = str(tmp_path / "absent")  # the simulator loads no model
+    env = runtime_env(tmp_path, write_plan(plan), DSA_SHM_PATH=str(tmp_path), PATH="/usr/bin:/bin")
+    res = dsa(["preflight"], env)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout.strip())
+    assert report["engine"] == "simulator" and report["gpus"] == 0
+    assert report["kernelChecks"] == "skipped: no GPU present (engine simulator)"
+    assert "no GPU present: GPU and kernel checks skipped" in res.stderr
+
+
+def test_simulator_on_a_wrong_gpu_still_fails(env_for):
+    plan = make_plan(["x"], engine="simulator")
+    res = dsa(["preflight"], env_for(plan, name="NVIDIA B200", cap="10.0"))
+    _one_line_error(res, ExitCode.GPU_MISMATCH, "plan is for h200 (sm90)")
+
+
+def test_sglang_without_gpus_names_the_simulator_as_an_explicit_choice(env_for):
+    res = dsa(["preflight"], env_for(make_plan(["x"]), gpus=0))
+    _one_line_error(res, ExitCode.GPU_MISMATCH, "spec.runtime.engine: simulator")

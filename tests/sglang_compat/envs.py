@@ -271,6 +271,11 @@ def env_names() -> list[str]:
     return [*SGLANG_PACKAGES, *ROUTER_PACKAGES]
 
 
+def torch_path() -> Path:
+    """The PYTHONPATH dir holding torch 2.14.1 (the `simulator` extra's pin), installed on first use."""
+    return _install("torch-2.14.1", TORCH_PACKAGES)
+
+
 def ensure(name: str) -> list[Path]:
     """Install (first use) and return the PYTHONPATH dirs of env ``name`` (a version or router)."""
     if name in SGLANG_PACKAGES:
