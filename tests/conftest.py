@@ -12,6 +12,11 @@ nodes) is built from Go modules by tests/cluster/build.sh:
         cluster.mint_serving_cert("webhook")       # (crt, key) signed by the cluster CA
         cluster.ca_bundle_b64                      # caBundle for url: webhooks on 127.0.0.1
 
+Real worker nodes (kubelet + containerd, pods really run) are in a second session cluster,
+`real_cluster`: one kwok node beside three real ones (real-gpu-0, real-gpu-1, real-cpu-0), the
+Debian python test image (tests/cluster/debimage.py) loaded; `real_cluster.load_image(tar)` adds
+more (see docs/cluster.md).
+
 Environment: DSA_CLUSTER_NODES (default 4), DSA_CLUSTER_KEEP=1 (keep logs/certs),
 DSA_CLUSTER_SKIP_BUILD=1 (do not run build.sh; fail if binaries are missing),
 DSA_CLUSTER_BIN_DIR (use binaries from there).
@@ -65,6 +70,17 @@ def no_leftover_threads():
 def cluster():
     with harness.running(nodes=int(os.environ.get("DSA_CLUSTER_NODES", "4"))) as c:
         print(f"\n[cluster] start-to-ready {c.startup_seconds:.1f}s")
+        yield c
+
+
+@pytest.fixture(scope="session")
+def real_cluster():
+    from tests.cluster import debimage
+
+    image = debimage.ensure()
+    with harness.running(nodes=1, real_nodes=3, verbose=False) as c:
+        c.load_image(image)
+        print(f"\n[cluster] real nodes Ready {c.real_nodes_seconds:.1f}s after their start")
         yield c
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build (or reuse) the test control-plane binaries from Go modules.
+# Build (or reuse) the test cluster's binaries from Go modules: the control plane, and the real
+# nodes' kubelet, containerd (+ ctr, runc shim), CoreDNS and pause image.
 #
 #   tests/cluster/build.sh            # build what is missing, link into .cluster/bin/
 #   FORCE=1 tests/cluster/build.sh    # rebuild everything
@@ -40,8 +41,8 @@ check_mod() { # dir module version
 start=$(date +%s)
 built=()
 
-# ---- kube-apiserver, kube-controller-manager, kube-scheduler, kubectl -------------------
-K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# ---- kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet -----------
+K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 k8s_missing=()
 for b in "${K8S_BINS[@]}"; do need "$b" "$K8S_VERSION" && k8s_missing+=("$b"); done
 if ((${#k8s_missing[@]})); then
@@ -86,5 +87,44 @@ build_one helm "$HELM_VERSION" helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean \
    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=$hmaj -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$hmin \
    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=$hmaj -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$hmin"
+
+# ---- containerd, ctr, containerd-shim-runc-v2 (one module, one build) ------------------------
+CTRD_BINS=(containerd ctr containerd-shim-runc-v2)
+ctrd_missing=()
+for b in "${CTRD_BINS[@]}"; do need "$b" "$CONTAINERD_VERSION" && ctrd_missing+=("$b"); done
+if ((${#ctrd_missing[@]})); then
+  check_mod containerd github.com/containerd/containerd/v2 "$CONTAINERD_VERSION"
+  tmp="$(mktemp -d "$CACHE/.build.XXXXXX")"
+  pkgs=(); for b in "${ctrd_missing[@]}"; do pkgs+=("github.com/containerd/containerd/v2/cmd/$b"); done
+  log "building ${ctrd_missing[*]} $CONTAINERD_VERSION"
+  # The tags leave out snapshotters that need cgo or kernel features the nodes do not use.
+  (cd "$HERE/modules/containerd" && go build -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+    -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+    -o "$tmp/" "${pkgs[@]}")
+  for b in "${ctrd_missing[@]}"; do mv -f "$tmp/$b" "$CACHE/$b-$CONTAINERD_VERSION"; built+=("$b"); done
+  rmdir "$tmp"
+fi
+for b in "${CTRD_BINS[@]}"; do link "$b" "$CONTAINERD_VERSION"; done
+
+build_one coredns "$COREDNS_VERSION" coredns github.com/coredns/coredns dsa-operator/tests/cluster/coredns ""
+
+# ---- pause: build/pause/linux/pause.c of the Kubernetes module, static, as an OCI archive ---
+if need pause "$PAUSE_VERSION"; then
+  src="$(cd "$HERE/modules/kubernetes" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+  [[ -f "$src" ]] || (cd "$HERE/modules/kubernetes" && go mod download k8s.io/kubernetes)
+  log "building pause $PAUSE_VERSION (gcc -static)"
+  tmp="$(mktemp "$CACHE/.pause.XXXXXX")"
+  gcc -Os -Wall -Werror -static -DVERSION="v$PAUSE_VERSION-k8s-$K8S_VERSION" -o "$tmp" "$src"
+  strip "$tmp"; chmod 755 "$tmp"
+  mv -f "$tmp" "$CACHE/pause-$PAUSE_VERSION"; built+=(pause)
+  rm -f "$CACHE/pause-image-$PAUSE_VERSION.tar"
+fi
+link pause "$PAUSE_VERSION"
+if [[ "${FORCE:-0}" == 1 || ! -f "$CACHE/pause-image-$PAUSE_VERSION.tar" ]]; then
+  python3 "$HERE/oci.py" "$CACHE/pause-image-$PAUSE_VERSION.tar" --name "localhost/dsa/pause:$PAUSE_VERSION" \
+    --file "/pause=$CACHE/pause-$PAUSE_VERSION:0755" --entrypoint /pause --user 65535:65535 >/dev/null
+  built+=(pause-image)
+fi
+ln -sfn "$CACHE/pause-image-$PAUSE_VERSION.tar" "$LINKDIR/pause-image.tar"
 
 log "done in $(( $(date +%s) - start ))s; built: ${built[*]:-nothing (all cached)}; bins in $LINKDIR"

@@ -4,19 +4,24 @@
 Starts etcd, kube-apiserver (TLS, RBAC, client-certificate users, ServiceAccount tokens),
 kube-controller-manager, kube-scheduler and kwok (fake GPU nodes, pods become Running/Ready)
 on free loopback ports under a temporary directory, and tears everything down again.
+With ``real_nodes=N`` it also starts N real worker nodes (kubelet + containerd + runc, pods on
+a bridge the harness creates, CoreDNS): see realnode.py, realnet.py and docs/cluster.md.
 
 Library use::
 
     from tests.cluster.harness import Cluster
-    with Cluster(nodes=4) as c:
+    with Cluster(nodes=4) as c:                              # kwok nodes only
         c.kubectl("get", "nodes")
+    with Cluster(nodes=0, real_nodes=3) as c:                # real-gpu-0, real-gpu-1, real-cpu-0
+        c.load_image(Path("image.tar"))                     # into every real node's containerd
         alice = c.mint_user("alice", groups=["dev"])        # kubeconfig path, no rights
         sa = c.sa_kubeconfig("default", "default")          # token kubeconfig
 
 CLI (used by tests/cluster/cluster.mk)::
 
-    python tests/cluster/harness.py up [--nodes N]   # background; kubeconfig .cluster/kubeconfig
+    python tests/cluster/harness.py up [--nodes N] [--real-nodes N]   # background; .cluster/kubeconfig
     python tests/cluster/harness.py status
+    python tests/cluster/harness.py load-image FILE...    # into the running cluster's real nodes
     python tests/cluster/harness.py down
 
 Binaries come from tests/cluster/build.sh (cached under ~/.cache/dsa-operator/bin);
@@ -40,6 +45,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -51,6 +57,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+if __name__ == "__main__" and str(ROOT) not in sys.path:  # run as a script: make `tests.cluster` importable
+    sys.path.insert(0, str(ROOT))
+
+from tests.cluster import oci, realnet, realnode  # noqa: E402
+
 STATE_DIR = ROOT / ".cluster"
 KWOK_STAGES = HERE / "kwok-stages.yaml"
 BUILD_SH = HERE / "build.sh"
@@ -78,7 +89,15 @@ DEFAULT_CONTROLLERS = (
     "clusterrole-aggregation-controller",  # fills the aggregated admin/edit/view ClusterRoles
 )
 
-K8S_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+K8S_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet")
+CONTAINERD_COMPONENTS = ("containerd", "ctr", "containerd-shim-runc-v2")
+NODE_BINARIES = ("kubelet", *CONTAINERD_COMPONENTS, "coredns")
+# With real nodes the endpoints controllers run too: Services (headless ones for DNS) get endpoints.
+REAL_NODE_CONTROLLERS = (
+    "endpoints-controller",
+    "endpointslice-controller",
+    "endpointslice-mirroring-controller",
+)
 
 
 # --------------------------------------------------------------------------- versions/binaries
@@ -94,15 +113,28 @@ def versions() -> dict[str, str]:
 
 def binary_paths() -> dict[str, Path]:
     """Where each component binary is expected (cache keyed by version, or DSA_CLUSTER_BIN_DIR)."""
-    names = ("etcd", "kwok", "helm", *K8S_COMPONENTS)
+    names = ("etcd", "kwok", "helm", *K8S_COMPONENTS, *CONTAINERD_COMPONENTS, "coredns")
     override = os.environ.get("DSA_CLUSTER_BIN_DIR")
     if override:
         return {n: Path(override) / n for n in names}
     v = versions()
-    cache = Path(os.environ.get("DSA_CLUSTER_BIN_CACHE", Path.home() / ".cache/dsa-operator/bin"))
     ver = {"etcd": v["ETCD_VERSION"], "kwok": v["KWOK_VERSION"], "helm": v["HELM_VERSION"]}
     ver.update({n: v["K8S_VERSION"] for n in K8S_COMPONENTS})
-    return {n: cache / f"{n}-{ver[n]}" for n in names}
+    ver.update({n: v["CONTAINERD_VERSION"] for n in CONTAINERD_COMPONENTS})
+    ver["coredns"] = v["COREDNS_VERSION"]
+    return {n: _bin_cache() / f"{n}-{ver[n]}" for n in names}
+
+
+def _bin_cache() -> Path:
+    return Path(os.environ.get("DSA_CLUSTER_BIN_CACHE", Path.home() / ".cache/dsa-operator/bin"))
+
+
+def pause_image() -> tuple[Path, str]:
+    """The pause image archive build.sh makes, and the name it has in the nodes' containerd."""
+    tag = versions()["PAUSE_VERSION"]
+    override = os.environ.get("DSA_CLUSTER_BIN_DIR")
+    path = Path(override) / "pause-image.tar" if override else _bin_cache() / f"pause-image-{tag}.tar"
+    return path, f"localhost/dsa/pause:{tag}"
 
 
 def ensure_binaries(quiet: bool = False) -> dict[str, Path]:
@@ -113,7 +145,11 @@ def ensure_binaries(quiet: bool = False) -> dict[str, Path]:
         if missing:
             raise RuntimeError(f"DSA_CLUSTER_BIN_DIR lacks {missing}")
         return paths
-    if not all(os.access(p, os.X_OK) for p in paths.values()) or not (STATE_DIR / "bin").is_dir():
+    if (
+        not all(os.access(p, os.X_OK) for p in paths.values())
+        or not pause_image()[0].is_file()
+        or not (STATE_DIR / "bin").is_dir()
+    ):
         subprocess.run(["bash", str(BUILD_SH)], check=True, stdout=subprocess.DEVNULL if quiet else None)
     return paths
 
@@ -338,14 +374,22 @@ WORKDIR_PREFIX = "dsa-cluster-"
 
 
 def _sweep_stale_workdirs() -> None:
-    """Remove work directories of clusters whose owning process is gone (e.g. SIGKILLed)."""
+    """Remove work directories of clusters whose owning process is gone (e.g. SIGKILLed), and
+    what their real nodes left on the machine (shims, containers, cgroups, the bridge)."""
     for d in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
         try:
             pid = int((d / "owner.pid").read_text())
         except (OSError, ValueError):
             continue
         if not _alive(pid):
+            rec = realnode.Record.load(d / REAL_NODES_RECORD)
+            if rec:
+                rec.pids = []  # its daemons died with it; the PIDs may belong to others now
+                realnode.teardown(rec)
             shutil.rmtree(d, ignore_errors=True)
+
+
+REAL_NODES_RECORD = "realnodes.json"
 
 
 # --------------------------------------------------------------------------- the cluster
@@ -363,6 +407,13 @@ class Cluster:
     controllers: Sequence[str] = DEFAULT_CONTROLLERS
     pod_cidr: str = POD_CIDR
     node_ip: str = NODE_IP
+    # Real worker nodes (kubelet + containerd): the last `real_cpu_nodes` of them are CPU nodes
+    # (real-cpu-<i>), the others GPU-like (real-gpu-<i>: nvidia.com/gpu capacity, GPU labels and
+    # the nvidia.com/gpu=present:NoSchedule taint). net_index picks the bridge dsabr<index>
+    # (default: DSA_CLUSTER_NET_INDEX, else the lowest free one).
+    real_nodes: int = 0
+    real_cpu_nodes: int = 1
+    net_index: int | None = None
     workdir: Path | None = None
     keep: bool = field(default_factory=lambda: os.environ.get("DSA_CLUSTER_KEEP") == "1")
     verbose: bool = True
@@ -373,7 +424,15 @@ class Cluster:
         self._started = False
         self._lock = threading.Lock()
         self.startup_seconds: float | None = None
+        self.real_nodes_seconds: float | None = None  # from the first node process to all Ready
+        self.real_teardown_seconds: float | None = None
+        self.teardown_problems: list[str] = []  # what stop() could not remove (real nodes)
         self.bins = binary_paths()
+        self.net: realnet.NetPlan | None = None
+        self.real: list[realnode.NodeSpec] = []
+        self._real_record: realnode.Record | None = None
+        self.service_cidr = SERVICE_CIDR
+        self.api_ip = "127.0.0.1"
 
     # ---- public paths -----------------------------------------------------------------
     @property
@@ -410,11 +469,20 @@ class Cluster:
             print(f"[cluster] {msg}", file=sys.stderr, flush=True)
 
     def start(self, timeout: float = 90) -> Cluster:
-        missing = [n for n, p in self.bins.items() if not os.access(p, os.X_OK)]
+        needed = [n for n in self.bins if self.real_nodes or n not in NODE_BINARIES]
+        missing = [n for n in needed if not os.access(self.bins[n], os.X_OK)]
+        if self.real_nodes and not pause_image()[0].is_file():
+            missing.append(str(pause_image()[0]))
         if missing:
             raise ClusterError(f"missing binaries {missing}: run tests/cluster/build.sh")
+        if self.real_nodes and (lacks := realnode.missing_prerequisites()):
+            raise ClusterError("real nodes need: " + "; ".join(lacks))
+        if self.real_nodes < 0 or self.real_cpu_nodes < 0:
+            raise ClusterError(
+                f"real_nodes={self.real_nodes}, real_cpu_nodes={self.real_cpu_nodes}: must not be negative"
+            )
         t0 = time.monotonic()
-        deadline = t0 + timeout
+        deadline = t0 + (max(timeout, 180) if self.real_nodes else timeout)
         if self.workdir is None:
             _sweep_stale_workdirs()
             self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
@@ -427,6 +495,8 @@ class Cluster:
         atexit.register(self.stop)
         self._started = True
         try:
+            if self.real_nodes:
+                self._make_bridge()
             self._make_certs()
             (
                 self.etcd_port,
@@ -436,7 +506,9 @@ class Cluster:
                 self.sched_port,
                 self.kwok_port,
             ) = _free_ports(6)
-            self.api_url = f"https://127.0.0.1:{self.api_port}"
+            if self.real_nodes:  # the kubernetes Service's ClusterIP, on the bridge: see realnet.py
+                self.api_port = 443
+            self.api_url = f"https://{self.api_ip}:{self.api_port}"
             self.kubeconfig = self.workdir / "admin.kubeconfig"
             self._write_cert_kubeconfig(
                 self.kubeconfig, ADMIN_USER, self.pki / "admin.crt", self.pki / "admin.key"
@@ -456,6 +528,8 @@ class Cluster:
             self._start_scheduler()
             self._start_kwok()
             self._create_nodes()
+            if self.real_nodes:
+                self._start_real_nodes(deadline)
             self._wait(
                 lambda: self._https_ok(f"https://127.0.0.1:{self.kcm_port}/healthz", insecure=True),
                 "kube-controller-manager",
@@ -467,7 +541,9 @@ class Cluster:
                 deadline,
             )
             self._wait(lambda: self._http_ok(f"http://127.0.0.1:{self.kwok_port}/healthz"), "kwok", deadline)
-            self._wait(self._nodes_ready, f"{self.nodes} nodes Ready", deadline)
+            self._wait(self._nodes_ready, f"{self.nodes + self.real_nodes} nodes Ready", deadline)
+            if self.real_nodes:
+                self.real_nodes_seconds = time.monotonic() - self._real_t0
             self._wait(
                 lambda: (
                     self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode
@@ -493,16 +569,27 @@ class Cluster:
                 return
             self._started = False
             procs, self._procs = self._procs[::-1], []
-        for p in procs:  # SIGTERM all groups (reverse start order), then wait, then SIGKILL
-            if p.popen.poll() is None:
-                _kill_group(p.popen.pid, signal.SIGTERM)
-        end = time.monotonic() + 10
-        for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.popen.wait(timeout=max(0.1, end - time.monotonic()))
-            _kill_group(p.popen.pid, signal.SIGKILL)  # also any stray children in the group
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.popen.wait(timeout=5)
+        t = time.monotonic()
+        if self._real_record:  # kubelets, containers, shims, containerds, CoreDNS: by PID
+            self.teardown_problems = realnode.end_processes(self._real_record)
+        # SIGTERM all groups (reverse start order), then wait, then SIGKILL; etcd last, so that
+        # the apiserver still has its storage while it shuts down.
+        for batch in ([p for p in procs if p.name != "etcd"], [p for p in procs if p.name == "etcd"]):
+            for p in batch:
+                if p.popen.poll() is None:
+                    _kill_group(p.popen.pid, signal.SIGTERM)
+            end = time.monotonic() + 10
+            for p in batch:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.popen.wait(timeout=max(0.1, end - time.monotonic()))
+                _kill_group(p.popen.pid, signal.SIGKILL)  # also any stray children in the group
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.popen.wait(timeout=5)
+        if self._real_record:  # cgroups, bridge, node directories: once the apiserver is gone
+            self.teardown_problems += realnode.remove_state(self._real_record)
+            self.real_teardown_seconds = time.monotonic() - t
+            for problem in self.teardown_problems:
+                self._say(f"teardown: {problem}")
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
         if self.workdir and self._owns_workdir and not self.keep:
@@ -666,7 +753,39 @@ class Cluster:
         )
 
     def node_names(self) -> list[str]:
+        """The kwok (fake) nodes."""
         return [f"{self.node_prefix}-{i}" for i in range(self.nodes)]
+
+    def real_node_names(self, gpu: bool | None = None) -> list[str]:
+        """The real nodes: all, or only the GPU-like (gpu=True) or CPU ones (gpu=False)."""
+        return [n.name for n in self.real if gpu is None or n.gpu == gpu]
+
+    def real_node(self, name: str) -> realnode.NodeSpec:
+        """Name, ip, socket (containerd), cgroup_root, dir, gpu, labels, taints of a real node."""
+        for n in self.real:
+            if n.name == name:
+                return n
+        raise KeyError(f"no real node {name!r}; real nodes: {self.real_node_names()}")
+
+    def load_image(self, archive: Path | str) -> list[str]:
+        """Import an image archive (docker-archive or OCI layout tar) into every real node's
+        containerd, skipping nodes that have its images already; returns the image names.
+        Pods then use the image with imagePullPolicy Never or IfNotPresent (no registry)."""
+        archive = Path(archive)
+        if not self.real:
+            raise ClusterError("load_image needs real nodes (Cluster(real_nodes=N))")
+        names = oci.archive_image_names(archive)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(self.real)) as ex:
+            list(ex.map(lambda n: realnode.import_image(self.bins["ctr"], n, archive, names), self.real))
+        return names
+
+    def real_nodes_info(self) -> list[dict]:
+        return [
+            {"name": n.name, "ip": n.ip, "gpu": n.gpu, "socket": str(n.socket), "cgroup_root": n.cgroup_root}
+            for n in self.real
+        ]
 
     def log_path(self, component: str) -> Path:
         return self.logs / f"{component}.log"
@@ -687,13 +806,19 @@ class Cluster:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ],
-            ips=["127.0.0.1", str(ipaddress.ip_network(SERVICE_CIDR)[1])],
+            ips=["127.0.0.1", str(ipaddress.ip_network(self.service_cidr)[1])],
         )
         self._certs.leaf("admin", ADMIN_USER, ["system:masters"], ca=self._ca)
         # Components get system:masters too: simplest, and RBAC for them is not under test.
         self._certs.leaf("kcm", "system:kube-controller-manager", ["system:masters"], ca=self._ca)
         self._certs.leaf("scheduler", "system:kube-scheduler", ["system:masters"], ca=self._ca)
         self._certs.leaf("kwok", "system:kwok-controller", ["system:masters"], ca=self._ca)
+        if self.real_nodes:
+            # The apiserver's client cert towards kubelets (logs/exec/port-forward), and CoreDNS.
+            self._certs.leaf(
+                "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ["system:masters"], ca=self._ca
+            )
+            self._certs.leaf("coredns", "system:coredns", ["system:masters"], ca=self._ca)
         # ServiceAccount token signing key (ES256); the public half is derived from it by the apiserver.
         sa = self.pki / "sa.key"
         pub = self.pki / "sa.pub"  # the apiserver's --service-account-key-file wants a public key
@@ -745,7 +870,7 @@ class Cluster:
             {"client-certificate-data": _b64(crt.read_bytes()), "client-key-data": _b64(key.read_bytes())},
         )
 
-    def _spawn(self, name: str, args: list) -> None:
+    def _spawn(self, name: str, args: list, env: dict | None = None) -> subprocess.Popen:
         log = self.logs / f"{name}.log"
         with open(log, "ab") as fh:
             p = subprocess.Popen(
@@ -756,8 +881,112 @@ class Cluster:
                 start_new_session=True,
                 preexec_fn=_pdeathsig,
                 cwd=self.workdir,
+                env=env,
             )
         self._procs.append(_Proc(name, p, log))
+        return p
+
+    # ---- real nodes -------------------------------------------------------------------
+    def _make_bridge(self) -> None:
+        self.net = realnet.create_bridge(self.real_nodes, self.net_index)
+        self.service_cidr = self.net.service_cidr
+        self.api_ip = self.net.api_ip
+        self._real_record = realnode.Record(
+            bridge=self.net.bridge, node_dirs=[], sockets=[], cgroup_roots=[], pids=[], created_dirs=[]
+        )
+        self._real_record.save(self.workdir / REAL_NODES_RECORD)
+        self._say(f"bridge {self.net.bridge}: nodes {self.net.node_subnet}, services {self.service_cidr}")
+
+    def _start_real_nodes(self, deadline: float) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._real_t0 = time.monotonic()
+        plan, rec = self.net, self._real_record
+        assert plan and rec
+        pause_path, pause_name = pause_image()
+        shim_dir = self.workdir / "node-bin"  # containerd finds its shim by name in PATH
+        shim_dir.mkdir(exist_ok=True)
+        (shim_dir / "containerd-shim-runc-v2").symlink_to(self.bins["containerd-shim-runc-v2"])
+        bins = realnode.NodeBins(
+            self.bins["kubelet"], self.bins["containerd"], self.bins["ctr"], shim_dir, pause_path, pause_name
+        )
+        self.real = realnode.node_specs(
+            plan,
+            self.workdir / "nodes",
+            self.real_cpu_nodes,
+            gpus=self.gpus_per_node,
+            gpu_product=self.gpu_product,
+            zones=self.zones,
+            rack_label=self.rack_label,
+        )
+        rec.node_dirs = [str(n.dir) for n in self.real]
+        rec.sockets = [str(n.socket) for n in self.real]
+        rec.cgroup_roots = [n.cgroup_root for n in self.real]
+        rec.created_dirs = realnode.host_mount_points()
+        rec.save(self.workdir / REAL_NODES_RECORD)
+
+        self._start_coredns()
+        env = dict(os.environ, PATH=f"{shim_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}")
+        healthz = _free_ports(len(self.real))
+        kubeconfigs = {}
+        for n, port in zip(self.real, healthz, strict=True):
+            realnode.prepare_node_dir(n, plan, pause_name)
+            realnode.make_cgroup_root(n.cgroup_root)
+            client = self._certs.leaf(
+                f"kubelet-{n.name}", f"system:node:{n.name}", ["system:nodes"], ca=self._ca
+            )
+            serving = self._certs.leaf(
+                f"kubelet-serving-{n.name}", n.name, ca=self._ca, server=True, dns=[n.name], ips=[n.ip]
+            )
+            kubeconfigs[n.name] = n.dir / "kubelet.kubeconfig"
+            self._write_cert_kubeconfig(kubeconfigs[n.name], f"system:node:{n.name}", *client)
+            cfg = realnode.kubelet_config(n, plan, self.ca_cert_path, serving, port)
+            (n.dir / "kubelet.json").write_text(json.dumps(cfg, indent=1))
+            rec.pids.append(
+                self._spawn(f"containerd-{n.name}", realnode.containerd_argv(n, bins), env=env).pid
+            )
+        rec.save(self.workdir / REAL_NODES_RECORD)
+        ctrd = {p.name: p.popen for p in self._procs}
+
+        def containerd_ready(n: realnode.NodeSpec) -> None:
+            popen = ctrd[f"containerd-{n.name}"]
+            realnode.wait_containerd(
+                bins, n, lambda: popen.poll() is None, max(1, deadline - time.monotonic())
+            )
+            realnode.import_image(bins.ctr, n, pause_path, [pause_name])
+
+        with ThreadPoolExecutor(len(self.real)) as ex:
+            list(ex.map(containerd_ready, self.real))
+        for n in self.real:
+            argv = realnode.kubelet_argv(n, ctrd[f"containerd-{n.name}"].pid, bins, kubeconfigs[n.name])
+            rec.pids.append(self._spawn(f"kubelet-{n.name}", argv, env=env).pid)
+        rec.save(self.workdir / REAL_NODES_RECORD)
+        # GPU-like nodes: nvidia.com/gpu as an extended resource, patched into the status capacity
+        # once the kubelet has registered the node (the kubelet derives allocatable from it).
+        gpu_patch = json.dumps(
+            [{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": str(self.gpus_per_node)}]
+        )
+        for n in self.real:
+            if not n.gpu:
+                continue
+            self._wait(
+                lambda n=n: self.kubectl("get", "node", n.name, check=False).returncode == 0,
+                f"node {n.name} registered",
+                deadline,
+            )
+            self.kubectl("patch", "node", n.name, "--subresource=status", "--type=json", "-p", gpu_patch)
+
+    def _start_coredns(self) -> None:
+        assert self.net
+        kc = self.workdir / "coredns.kubeconfig"
+        self._write_cert_kubeconfig(kc, "system:coredns", self.pki / "coredns.crt", self.pki / "coredns.key")
+        health, ready = _free_ports(2)
+        corefile = self.workdir / "Corefile"
+        corefile.write_text(realnode.corefile(self.net, kc, health, ready))
+        self._coredns_ready_url = f"http://127.0.0.1:{ready}/ready"
+        p = self._spawn("coredns", [self.bins["coredns"], "-conf", corefile, "-dns.port", "53"])
+        assert self._real_record
+        self._real_record.pids.append(p.pid)
 
     def _start_etcd(self) -> None:
         peer = f"http://127.0.0.1:{self.etcd_peer_port}"
@@ -818,27 +1047,47 @@ class Cluster:
             "--audit-log-format=json",
             "--audit-log-mode=blocking",
         ]
+        if self.real_nodes:
+            nodes = [
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction,ExtendedResourceToleration",
+                f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={p / 'ca.crt'}",
+                "--kubelet-preferred-address-types=InternalIP",
+                # Webhook and aggregated-API Services are reached at their endpoints (pod IPs on the
+                # bridge): ClusterIPs are not routed, there is no kube-proxy.
+                "--enable-aggregator-routing=true",
+                # In-cluster clients dial the ClusterIP, which is this apiserver's own address, so
+                # the Service needs no endpoints; and the lease reconciler's removal of them on
+                # SIGTERM blocks the apiserver's exit for its full 20 s timeout here.
+                "--endpoint-reconciler-type=none",
+            ]
+        else:
+            nodes = [
+                "--authorization-mode=RBAC",
+                # No kubelet/endpoints: do not try to publish 127.0.0.1 as the kubernetes Service endpoint.
+                "--endpoint-reconciler-type=none",
+            ]
         self._spawn(
             "kube-apiserver",
             [
                 self.bins["kube-apiserver"],
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.api_ip}",
+                f"--advertise-address={self.api_ip}",
                 f"--secure-port={self.api_port}",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
                 f"--tls-cert-file={p / 'apiserver.crt'}",
                 f"--tls-private-key-file={p / 'apiserver.key'}",
                 f"--client-ca-file={p / 'ca.crt'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 "--allow-privileged=true",
-                "--authorization-mode=RBAC",
+                *nodes,
                 f"--service-account-issuer={SA_ISSUER}",
                 f"--api-audiences={SA_ISSUER}",
                 f"--service-account-key-file={p / 'sa.pub'}",
                 f"--service-account-signing-key-file={p / 'sa.key'}",
-                # No kubelet/endpoints: do not try to publish 127.0.0.1 as the kubernetes Service endpoint.
-                "--endpoint-reconciler-type=none",
                 # TaintNodesByCondition puts node.kubernetes.io/not-ready:NoSchedule on every new Node and
                 # only node-lifecycle-controller (not run: no kubelets) would lift it.
                 "--disable-admission-plugins=TaintNodesByCondition",
@@ -856,7 +1105,8 @@ class Cluster:
                 f"--kubeconfig={kc}",
                 f"--authentication-kubeconfig={kc}",
                 f"--authorization-kubeconfig={kc}",
-                "--controllers=" + ",".join(self.controllers),
+                "--controllers="
+                + ",".join([*self.controllers, *(REAL_NODE_CONTROLLERS if self.real_nodes else ())]),
                 "--leader-elect=false",
                 "--use-service-account-credentials=false",
                 f"--service-account-private-key-file={self.pki / 'sa.key'}",
@@ -920,6 +1170,7 @@ class Cluster:
                     "kubernetes.io/os": "linux",
                     "kubernetes.io/arch": "amd64",
                     "type": "kwok",
+                    realnode.NODE_KIND_LABEL: "kwok",
                     "topology.kubernetes.io/zone": self.zones[
                         (i // max(1, self.nodes_per_rack)) % len(self.zones)
                     ]
@@ -945,15 +1196,21 @@ class Cluster:
 
     def _nodes_ready(self) -> bool:
         items = self.kubectl_json("get", "nodes").get("items", [])
-        ready = [
-            n
+        ready = {
+            n["metadata"]["name"]
             for n in items
             if any(
                 c["type"] == "Ready" and c["status"] == "True"
                 for c in n.get("status", {}).get("conditions", [])
             )
-        ]
-        return len(ready) >= self.nodes
+            and (
+                n["metadata"]["name"] not in self.real_node_names(gpu=True)
+                or n["status"].get("allocatable", {}).get("nvidia.com/gpu") == str(self.gpus_per_node)
+            )
+        }
+        if not set(self.node_names() + self.real_node_names()) <= ready:
+            return False
+        return not self.real or self._http_ok(self._coredns_ready_url)
 
     def _ssl_ctx(self, insecure: bool = False) -> ssl.SSLContext:
         if insecure:
@@ -1052,7 +1309,7 @@ def cmd_supervise(args) -> int:
     stop = threading.Event()
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, lambda *_: stop.set())
-    c = Cluster(nodes=args.nodes)
+    c = Cluster(nodes=args.nodes, real_nodes=args.real_nodes)
     try:
         c.start()
         STATE_DIR.mkdir(exist_ok=True)
@@ -1068,6 +1325,9 @@ def cmd_supervise(args) -> int:
             "pgids": c.pids,
             "startup_seconds": round(c.startup_seconds, 2),
             "nodes": c.node_names(),
+            "real_nodes": c.real_nodes_info(),
+            "real_nodes_seconds": round(c.real_nodes_seconds, 2) if c.real_nodes_seconds else None,
+            "bridge": c.net.bridge if c.net else None,
         }
         tmp = _state_file().with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
@@ -1097,7 +1357,13 @@ def cmd_up(args) -> int:
     log = STATE_DIR / "harness.log"
     with open(log, "wb") as fh:
         p = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "_supervise", f"--nodes={args.nodes}"],
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "_supervise",
+                f"--nodes={args.nodes}",
+                f"--real-nodes={args.real_nodes}",
+            ],
             stdout=fh,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -1108,8 +1374,10 @@ def cmd_up(args) -> int:
     while time.monotonic() < end:
         st = _read_state()
         if st and st["pid"] == p.pid:
+            real = ", ".join(f"{n['name']} {n['ip']}" for n in st.get("real_nodes") or []) or "none"
             print(
                 f"cluster up in {st['startup_seconds']}s: {st['api_url']}\n"
+                f"  real nodes: {real}\n"
                 f"  kubeconfig: {st['kubeconfig']}\n  kubectl/helm: {STATE_DIR / 'bin'}\n"
                 f"  logs: {st['workdir']}/logs (until `down`)"
             )
@@ -1138,10 +1406,15 @@ def cmd_down(args) -> int:
             time.sleep(0.1)
     for pg in [pid, *st.get("pgids", [])]:  # leave nothing behind, whatever happened
         _kill_group(pg, signal.SIGKILL)
+    wd = st.get("workdir")
+    rec = realnode.Record.load(Path(wd) / REAL_NODES_RECORD) if wd else None
+    if rec:  # a no-op when the supervisor's own stop() removed everything
+        rec.pids = []  # its daemons are gone with it (PR_SET_PDEATHSIG); the PIDs may be reused
+        for problem in realnode.teardown(rec):
+            print(f"teardown: {problem}", file=sys.stderr)
     for f in ("state.json", "kubeconfig", "ca.crt"):
         with contextlib.suppress(OSError):
             (STATE_DIR / f).unlink()
-    wd = st.get("workdir")
     if wd and os.environ.get("DSA_CLUSTER_KEEP") != "1":
         shutil.rmtree(wd, ignore_errors=True)
     print("cluster down")
@@ -1165,18 +1438,64 @@ def cmd_status(args) -> int:
     return 0 if r.returncode == 0 else 1
 
 
+def cmd_load_image(args) -> int:
+    """Import image archives into every real node of the running cluster (skips present ones)."""
+    st = _read_state()
+    if not st or not _alive(st["pid"]):
+        print("cluster: down (make cluster-up first)", file=sys.stderr)
+        return 1
+    nodes = st.get("real_nodes") or []
+    if not nodes:
+        print("the running cluster has no real nodes (REAL_NODES=0?)", file=sys.stderr)
+        return 1
+    missing = [f for f in args.files if not Path(f).is_file()]
+    if missing:
+        print(f"no such file: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    ctr = binary_paths()["ctr"]
+    for f in args.files:
+        try:
+            names = oci.archive_image_names(Path(f))
+        except (ValueError, OSError, tarfile.TarError) as e:
+            print(f"{f}: not an image archive ({e})", file=sys.stderr)
+            return 1
+        for n in nodes:
+            sock = Path(n["socket"])
+            r = realnode.ctr(ctr, sock, "images", "list", "--quiet")
+            if r.returncode == 0 and set(names) <= set(r.stdout.split()):
+                print(f"{n['name']}: {', '.join(names)} already present")
+                continue
+            r = realnode.ctr(ctr, sock, "images", "import", f)
+            if r.returncode:
+                print(f"{n['name']}: import of {f} failed: {r.stderr.strip()}", file=sys.stderr)
+                return 1
+            print(f"{n['name']}: imported {', '.join(names)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up")
     up.add_argument("--nodes", type=int, default=int(os.environ.get("DSA_CLUSTER_NODES", 4)))
-    up.add_argument("--timeout", type=float, default=120)
+    up.add_argument("--real-nodes", type=int, default=int(os.environ.get("DSA_CLUSTER_REAL_NODES", 3)))
+    up.add_argument("--timeout", type=float, default=240)
     sv = sub.add_parser("_supervise")
     sv.add_argument("--nodes", type=int, default=4)
+    sv.add_argument("--real-nodes", type=int, default=0)
     sub.add_parser("down")
     sub.add_parser("status")
+    li = sub.add_parser("load-image", help="import image archives into every real node")
+    li.add_argument("files", nargs="+")
     a = ap.parse_args(argv)
-    return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "_supervise": cmd_supervise}[a.cmd](a)
+    cmds = {
+        "up": cmd_up,
+        "down": cmd_down,
+        "status": cmd_status,
+        "load-image": cmd_load_image,
+        "_supervise": cmd_supervise,
+    }
+    return cmds[a.cmd](a)
 
 
 if __name__ == "__main__":
