@@ -78,7 +78,9 @@ def real_cluster():
     from tests.cluster import debimage
 
     image = debimage.ensure()
-    with harness.running(nodes=1, real_nodes=3, verbose=False) as c:
+    # 16 GPUs per GPU-like node: a 2-node prefill group (one rank per node, by anti-affinity)
+    # and two 8-GPU decode groups fit on the two nodes (tests/integration/test_real_serving.py).
+    with harness.running(nodes=1, real_nodes=3, gpus_per_node=16, verbose=False) as c:
         c.load_image(image)
         print(f"\n[cluster] real nodes Ready {c.real_nodes_seconds:.1f}s after their start")
         yield c

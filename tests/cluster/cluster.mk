@@ -10,6 +10,8 @@
 PYTHON ?= .venv/bin/python
 CLUSTER_NODES ?= 4
 REAL_NODES ?= 3
+# nvidia.com/gpu per GPU-like node (real and kwok)
+REAL_GPUS_PER_NODE ?= 8
 
 .PHONY: cluster-bins cluster-deps cluster-up cluster-down cluster-status cluster-load-image
 
@@ -17,7 +19,7 @@ cluster-bins:
 	bash tests/cluster/build.sh
 
 cluster-up: cluster-bins
-	$(PYTHON) tests/cluster/harness.py up --nodes=$(CLUSTER_NODES) --real-nodes=$(REAL_NODES)
+	$(PYTHON) tests/cluster/harness.py up --nodes=$(CLUSTER_NODES) --real-nodes=$(REAL_NODES) --gpus-per-node=$(REAL_GPUS_PER_NODE)
 
 cluster-deps:  ## Debian packages of the real nodes (root)
 	bash tests/cluster/install-deps.sh

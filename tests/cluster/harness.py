@@ -1309,7 +1309,7 @@ def cmd_supervise(args) -> int:
     stop = threading.Event()
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, lambda *_: stop.set())
-    c = Cluster(nodes=args.nodes, real_nodes=args.real_nodes)
+    c = Cluster(nodes=args.nodes, real_nodes=args.real_nodes, gpus_per_node=args.gpus_per_node)
     try:
         c.start()
         STATE_DIR.mkdir(exist_ok=True)
@@ -1363,6 +1363,7 @@ def cmd_up(args) -> int:
                 "_supervise",
                 f"--nodes={args.nodes}",
                 f"--real-nodes={args.real_nodes}",
+                f"--gpus-per-node={args.gpus_per_node}",
             ],
             stdout=fh,
             stderr=subprocess.STDOUT,
@@ -1453,23 +1454,31 @@ def cmd_load_image(args) -> int:
         print(f"no such file: {', '.join(missing)}", file=sys.stderr)
         return 1
     ctr = binary_paths()["ctr"]
+
+    def load(f: str, names: list[str], n: dict) -> bool:
+        sock = Path(n["socket"])
+        r = realnode.ctr(ctr, sock, "images", "list", "--quiet")
+        if r.returncode == 0 and set(names) <= set(r.stdout.split()):
+            print(f"{n['name']}: {', '.join(names)} already present", flush=True)
+            return True
+        r = realnode.ctr(ctr, sock, "images", "import", f)
+        if r.returncode:
+            print(f"{n['name']}: import of {f} failed: {r.stderr.strip()}", file=sys.stderr)
+            return False
+        print(f"{n['name']}: imported {', '.join(names)}", flush=True)
+        return True
+
+    from concurrent.futures import ThreadPoolExecutor
+
     for f in args.files:
         try:
             names = oci.archive_image_names(Path(f))
         except (ValueError, OSError, tarfile.TarError) as e:
             print(f"{f}: not an image archive ({e})", file=sys.stderr)
             return 1
-        for n in nodes:
-            sock = Path(n["socket"])
-            r = realnode.ctr(ctr, sock, "images", "list", "--quiet")
-            if r.returncode == 0 and set(names) <= set(r.stdout.split()):
-                print(f"{n['name']}: {', '.join(names)} already present")
-                continue
-            r = realnode.ctr(ctr, sock, "images", "import", f)
-            if r.returncode:
-                print(f"{n['name']}: import of {f} failed: {r.stderr.strip()}", file=sys.stderr)
+        with ThreadPoolExecutor(len(nodes)) as ex:  # one containerd per node: import side by side
+            if not all(ex.map(lambda n, f=f, names=names: load(f, names, n), nodes)):
                 return 1
-            print(f"{n['name']}: imported {', '.join(names)}")
     return 0
 
 
@@ -1480,9 +1489,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nodes", type=int, default=int(os.environ.get("DSA_CLUSTER_NODES", 4)))
     up.add_argument("--real-nodes", type=int, default=int(os.environ.get("DSA_CLUSTER_REAL_NODES", 3)))
     up.add_argument("--timeout", type=float, default=240)
+    up.add_argument("--gpus-per-node", type=int, default=int(os.environ.get("DSA_CLUSTER_GPUS_PER_NODE", 8)))
     sv = sub.add_parser("_supervise")
     sv.add_argument("--nodes", type=int, default=4)
     sv.add_argument("--real-nodes", type=int, default=0)
+    sv.add_argument("--gpus-per-node", type=int, default=8)
     sub.add_parser("down")
     sub.add_parser("status")
     li = sub.add_parser("load-image", help="import image archives into every real node")
