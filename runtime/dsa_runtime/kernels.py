@@ -10,21 +10,28 @@ from dataclasses import dataclass
 
 from dsa_runtime.errors import ExitCode, RuntimeFailure
 
-_COMMON_SM = frozenset({"flashmla_sparse", "flashmla_kv", "flashmla_auto", "tilelang"})
-
-COMPATIBLE: dict[str, frozenset[str]] = {
-    "sm90": _COMMON_SM | {"fa3"},
-    "sm100": _COMMON_SM | {"trtllm"},
-    "amd": frozenset({"tilelang", "aiter", "triton"}),
+ARCHS: dict[str, frozenset[str]] = {
+    "flashmla_sparse": frozenset({"sm90", "sm100"}),
+    "flashmla_kv": frozenset({"sm90", "sm100"}),
+    "flashmla_auto": frozenset({"sm90", "sm100"}),
+    "fa3": frozenset({"sm90"}),
+    "trtllm": frozenset({"sm100"}),
+    "tilelang": frozenset({"sm90", "sm100", "amd"}),
+    "aiter": frozenset({"amd"}),
+    "flashmla_sparse_q8": frozenset({"sm90", "sm100"}),
+    "flashinfer_sparse_mla": frozenset({"sm90", "sm100"}),
+    "triton_sparse_mla": frozenset({"sm90", "sm100", "amd"}),
+    "triton": frozenset({"amd"}),
+    "intel_xpu": frozenset(),
 }
-"""Architecture -> kernels every supported SGLang version offers there."""
+"""Kernel -> the GPU families it runs on: the operator's table (`dsa_operator.kernels.KERNELS`,
+traced to SGLang's NSA backend), repeated here because the runtime image must not need the
+planner; tests/runtime/test_kernels.py fails when the two drift apart."""
 
-COMPATIBLE_FROM_DSA_DIALECT: dict[str, frozenset[str]] = {
-    "sm100": frozenset({"flashmla_sparse_q8", "flashinfer_sparse_mla", "triton_sparse_mla", "triton"}),
-}
-"""Kernels added with the 0.5.20+ ("dsa") flag dialect."""
-
-DECODE_ONLY = frozenset({"aiter"})
+FROM_DSA_DIALECT = frozenset(
+    {"flashmla_sparse_q8", "flashinfer_sparse_mla", "triton_sparse_mla", "triton", "intel_xpu"}
+)
+"""Kernels SGLang's parser offers only from the 0.5.20+ ("dsa") flag dialect on."""
 
 DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
     ("sm90", "bf16"): ("flashmla_sparse", "fa3"),
@@ -34,7 +41,6 @@ DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
 }
 """(arch, KV cache dtype) -> SGLang's (prefill, decode) defaults, as the seed documents."""
 
-AMD_DEFAULT = {"nsa": "tilelang", "dsa": "triton"}
 
 MODULES: dict[str, str] = {
     "flashmla_sparse": "flash_mla",
@@ -66,7 +72,7 @@ SPARSE_PREFILL = frozenset({"flashmla_sparse", "flashmla_auto"})
 
 
 def arch_family(arch: str, vendor: str = "nvidia") -> str:
-    """Map 'sm90', 'sm100', 'sm103', '9.0', 'gfx942' ... onto a key of COMPATIBLE."""
+    """Map 'sm90', 'sm100', 'sm103', '9.0', 'gfx942' ... onto a family of ARCHS."""
     if vendor == "amd" or arch.startswith("gfx") or arch == "amd":
         return "amd"
     a = arch.lower().removeprefix("sm").removeprefix("_")
@@ -84,20 +90,20 @@ def arch_family(arch: str, vendor: str = "nvidia") -> str:
 
 
 def allowed(arch: str, dialect: str, slot: str) -> list[str]:
+    """Kernels this GPU runs for `slot` (prefill and decode alike: SGLang's NSA backend has a
+    path for every kernel in both phases) under this flag dialect."""
+    del slot
     family = arch_family(arch)
-    names = set(COMPATIBLE.get(family, frozenset()))
-    if dialect == "dsa":
-        names |= COMPATIBLE_FROM_DSA_DIALECT.get(family, frozenset())
-    if slot == "prefill":
-        names -= DECODE_ONLY
-    return sorted(names)
+    return sorted(
+        k for k, archs in ARCHS.items() if family in archs and (dialect == "dsa" or k not in FROM_DSA_DIALECT)
+    )
 
 
 def default_kernels(arch: str, kv_dtype: str, dialect: str) -> tuple[str, str]:
     """What SGLang picks for `auto` (its kv dtype `auto` is bf16 on Hopper, fp8 on SM100+)."""
     family = arch_family(arch)
     if family == "amd":
-        k = AMD_DEFAULT.get(dialect, "triton")
+        k = "triton" if dialect == "dsa" else "tilelang"  # the dsa dialect (0.5.20+) moved it
         return k, k
     if kv_dtype in ("auto", ""):
         kv_dtype = "bf16" if family == "sm90" else "fp8_e4m3"

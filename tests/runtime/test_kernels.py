@@ -5,14 +5,31 @@ from dsa_runtime.errors import ExitCode, RuntimeFailure
 
 
 def test_table_as_documented():
-    assert K.allowed("sm90", "dsa", "decode") == sorted(
+    assert K.allowed("sm90", "nsa", "decode") == sorted(
         ["flashmla_sparse", "flashmla_kv", "flashmla_auto", "fa3", "tilelang"]
     )
     sm100 = set(K.allowed("sm100", "dsa", "decode"))
-    assert {"trtllm", "flashmla_sparse_q8", "flashinfer_sparse_mla", "triton"} <= sm100
+    assert {"trtllm", "flashmla_sparse_q8", "flashinfer_sparse_mla", "triton_sparse_mla"} <= sm100
     assert "flashmla_sparse_q8" not in K.allowed("sm100", "nsa", "decode")
-    assert "aiter" in K.allowed("amd", "dsa", "decode")
-    assert "aiter" not in K.allowed("amd", "dsa", "prefill")
+    assert "triton" not in sm100  # SGLang 0.5.23: ROCm/HIP only
+    assert "aiter" in K.allowed("amd", "dsa", "prefill")
+
+
+def test_runtime_and_planner_agree_on_every_kernel():
+    """A plan the planner accepts must not be refused by the pod on the same GPU, and the
+    reverse: the two tables name the same kernels, GPU families and version gates."""
+    from dsa_operator import dialects
+    from dsa_operator import kernels as planner
+
+    assert {k: kk.archs for k, kk in planner.KERNELS.items()} == K.ARCHS
+    for version, name in (("0.5.12", "nsa"), ("0.5.16", "transitional"), ("0.5.23", "dsa")):
+        d = dialects.dialect_for(version)
+        for arch in ("sm90", "sm100", "amd"):
+            want = sorted(k for k in d.kernels if planner.wrong_gpu(k, "decode", arch, d) is None)
+            assert K.allowed(arch, name, "prefill") == want, (version, arch)
+            assert K.allowed(arch, name, "decode") == want, (version, arch)
+            for kv in ("bf16", "fp8_e4m3"):
+                assert K.default_kernels(arch, kv, name) == planner.default_kernels(arch, kv, d)
 
 
 @pytest.mark.parametrize(
