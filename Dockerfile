@@ -32,4 +32,6 @@ RUN pip install --no-deps . \
 
 WORKDIR /tmp
 USER 65532:65532
-ENTRYPOINT ["dsa-operator", "run"]
+# The chart and deploy/ pass `run` and its options as args; `docker run IMAGE --help` lists the commands.
+ENTRYPOINT ["dsa-operator"]
+CMD ["run"]

@@ -139,8 +139,11 @@ def apply_model(runtime_ref: str) -> str:
     wait(f"dsamodel/{name} phase", ready, timeout=600, every=2)
     print(run("kubectl", "get", "dsamodels"))
     print(run("kubectl", "get", "pods", "-l", f"serving.dsa.dev/model={name}", "-o", "wide"))
-    leader = f"{name}-prefill-0-1"
-    print(run("kubectl", "logs", leader, "--tail=3", check=False))
+    for pod in (f"{name}-prefill-0-0", f"{name}-prefill-0-1"):  # the 2-node group's ranks met
+        print(f"\n$ kubectl logs {pod} | grep -E '\"(preflight|rendezvous)\"'")
+        logs = run("kubectl", "logs", pod, check=False, show=False)
+        wanted = ('{"preflight"', '{"rendezvous"')
+        print("\n".join(line for line in logs.splitlines() if line.startswith(wanted)))
     return name
 
 

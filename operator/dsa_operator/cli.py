@@ -187,6 +187,7 @@ def run_cmd(
     """Run the operator (kopf): reconcile DSAModels into groups, router and endpoint."""
     import logging
     import os
+    import socket
 
     import kopf
 
@@ -214,6 +215,9 @@ def run_cmd(
             clusterwide=not namespace,
             namespaces=namespace or (),
             liveness_endpoint=liveness,
+            # kopf's default identity asks the passwd database for the user name, which the
+            # image's non-root uid (65532) has no entry in; the pod name says more anyway.
+            identity=os.environ.get("POD_NAME") or socket.gethostname(),
         )
 
     if leader_elect:

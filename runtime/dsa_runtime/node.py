@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def detect_gpus() -> list[Gpu] | None:
                 return gpus_from_nvidia_smi_output(res.stdout)
         except (OSError, subprocess.TimeoutExpired):
             pass
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # see rendezvous.join
     try:
         import torch
     except ImportError:

@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import socket
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -170,6 +171,9 @@ def _first_line(e: BaseException) -> str:
 
 def join(group: Group, timeout_s: float) -> dict[str, Any]:
     """Join the group, all-reduce, check the sum; RuntimeFailure(RENDEZVOUS_FAILED) otherwise."""
+    # The simulator image carries no NumPy (the all-reduce needs none); without this filter torch
+    # warns about it on import, in every rank's log.
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     try:
         import torch
         import torch.distributed as dist
