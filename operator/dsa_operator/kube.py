@@ -6,6 +6,7 @@ one place. Objects are plain dicts in the API's own (camelCase) form.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import logging
@@ -110,4 +111,49 @@ class Kube:
         meta = model["metadata"]
         client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
             GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": status}
+        )
+
+    def read_secret(self, namespace: str, name: str) -> tuple[dict[str, bytes], str] | None:
+        """A Secret's data (decoded) and resourceVersion; None when there is none."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+        return data, secret.metadata.resource_version
+
+    def write_secret(
+        self, namespace: str, name: str, data: dict[str, bytes], resource_version: str | None
+    ) -> None:
+        """Create a kubernetes.io/tls Secret (resource_version None) or replace exactly that version of it.
+
+        Raises ApiException 409 when another writer came first (AlreadyExists or Conflict).
+        """
+        body = client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name=name,
+                namespace=namespace,
+                resource_version=resource_version,
+                labels={
+                    "app.kubernetes.io/part-of": "dsa-operator",
+                    "app.kubernetes.io/managed-by": FIELD_MANAGER,
+                },
+            ),
+            type="kubernetes.io/tls",
+            data={k: base64.b64encode(v).decode("ascii") for k, v in data.items()},
+        )
+        if resource_version is None:
+            self.core.create_namespaced_secret(namespace, body, field_manager=FIELD_MANAGER)
+        else:
+            self.core.replace_namespaced_secret(name, namespace, body, field_manager=FIELD_MANAGER)
+
+    def read_webhook_configuration(self, name: str) -> Obj:
+        api = client.AdmissionregistrationV1Api(self.api)
+        return self.api.sanitize_for_serialization(api.read_validating_webhook_configuration(name))
+
+    def patch_webhook_configuration(self, name: str, json_patch: list[Obj]) -> None:
+        client.AdmissionregistrationV1Api(self.api).patch_validating_webhook_configuration(
+            name, json_patch, field_manager=FIELD_MANAGER
         )
