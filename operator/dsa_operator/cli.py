@@ -227,6 +227,8 @@ def run_cmd(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     provision = None
+    if webhook_tls_secret and webhook_managed:
+        _fail("--webhook-managed (kopf keeps the configuration) and --webhook-tls-secret: choose one")
     if webhook_tls_secret:
         provision = _provision(
             webhook_tls_secret,

@@ -65,6 +65,7 @@ def _settle_secret(kube: Kube, p: Provision, at: datetime.datetime) -> Tls:
             data, version = current
             why = webhook_tls.problem(data, p.names, at)
             if why is None:
+                log.info("webhook TLS Secret %s/%s is usable: serving it", p.namespace, p.secret)
                 return Tls.from_secret_data(data)
             log.info("webhook TLS Secret %s/%s is unusable (%s): replacing it", p.namespace, p.secret, why)
         fresh = webhook_tls.make_tls(p.names, at, p.days)

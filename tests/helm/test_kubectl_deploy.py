@@ -138,6 +138,7 @@ def test_kubectl_apply_deploy_webhook_reconcile_and_delete(cluster) -> None:
             timeout=60,
             what="the restarted operator's webhook admitting a valid DSAModel",
         )
+        assert f"webhook TLS Secret {NS}/{SECRET} is usable" in op.logs()
         again = cluster.kubectl_json("get", "secret", SECRET, "-n", NS)
         assert again["metadata"]["resourceVersion"] == secret["metadata"]["resourceVersion"]
 

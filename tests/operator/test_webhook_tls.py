@@ -224,6 +224,7 @@ def test_run_refuses_incomplete_tls_options(monkeypatch) -> None:
         (["--webhook-tls-secret=s", "--webhook-port=9443"], "needs --webhook-service"),
         (["--webhook-tls-secret=s", "--webhook-port=9443", "--webhook-service=svc"], "needs POD_NAMESPACE"),
         (["--webhook-port=9443", "--webhook-configuration=c"], "go with --webhook-tls-secret"),
+        (["--webhook-tls-secret=s", "--webhook-managed=c"], "choose one"),
     ]
     for args, message in cases:
         r = CliRunner().invoke(app, ["run", *args])
