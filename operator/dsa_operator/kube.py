@@ -11,7 +11,7 @@ import contextlib
 import datetime
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
@@ -34,6 +34,14 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("apps/v1", "StatefulSet"),
     ("apps/v1", "Deployment"),
 )
+
+
+class StoredSecret(NamedTuple):
+    """A Secret as read: its data decoded, the version a replace must match, its (immutable) type."""
+
+    data: dict[str, bytes]
+    resource_version: str
+    type: str
 
 
 def load_client_config() -> client.ApiClient:
@@ -113,8 +121,8 @@ class Kube:
             GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": status}
         )
 
-    def read_secret(self, namespace: str, name: str) -> tuple[dict[str, bytes], str] | None:
-        """A Secret's data (decoded) and resourceVersion; None when there is none."""
+    def read_secret(self, namespace: str, name: str) -> StoredSecret | None:
+        """The Secret, or None when there is none."""
         try:
             secret = self.core.read_namespaced_secret(name, namespace)
         except ApiException as e:
@@ -122,15 +130,17 @@ class Kube:
                 return None
             raise
         data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
-        return data, secret.metadata.resource_version
+        return StoredSecret(data, secret.metadata.resource_version, secret.type or "Opaque")
 
     def write_secret(
-        self, namespace: str, name: str, data: dict[str, bytes], resource_version: str | None
+        self, namespace: str, name: str, data: dict[str, bytes], current: StoredSecret | None
     ) -> None:
-        """Create a kubernetes.io/tls Secret (resource_version None) or replace exactly that version of it.
+        """Create a kubernetes.io/tls Secret (current None) or replace exactly the version read, keeping
+        its type (a Secret's type cannot change).
 
         Raises ApiException 409 when another writer came first (AlreadyExists or Conflict).
         """
+        resource_version = current.resource_version if current else None
         body = client.V1Secret(
             metadata=client.V1ObjectMeta(
                 name=name,
@@ -141,7 +151,7 @@ class Kube:
                     "app.kubernetes.io/managed-by": FIELD_MANAGER,
                 },
             ),
-            type="kubernetes.io/tls",
+            type=current.type if current else "kubernetes.io/tls",
             data={k: base64.b64encode(v).decode("ascii") for k, v in data.items()},
         )
         if resource_version is None:

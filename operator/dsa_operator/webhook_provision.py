@@ -60,17 +60,15 @@ def ensure(kube: Kube, p: Provision, at: datetime.datetime | None = None) -> Tls
 def _settle_secret(kube: Kube, p: Provision, at: datetime.datetime) -> Tls:
     for _ in range(WRITE_ATTEMPTS):
         current = kube.read_secret(p.namespace, p.secret)
-        version = None
         if current is not None:
-            data, version = current
-            why = webhook_tls.problem(data, p.names, at)
+            why = webhook_tls.problem(current.data, p.names, at)
             if why is None:
                 log.info("webhook TLS Secret %s/%s is usable: serving it", p.namespace, p.secret)
-                return Tls.from_secret_data(data)
+                return Tls.from_secret_data(current.data)
             log.info("webhook TLS Secret %s/%s is unusable (%s): replacing it", p.namespace, p.secret, why)
         fresh = webhook_tls.make_tls(p.names, at, p.days)
         try:
-            kube.write_secret(p.namespace, p.secret, fresh.secret_data(), version)
+            kube.write_secret(p.namespace, p.secret, fresh.secret_data(), current)
         except ApiException as e:
             if e.status != 409:
                 raise
@@ -82,7 +80,7 @@ def _settle_secret(kube: Kube, p: Provision, at: datetime.datetime) -> Tls:
             "webhook TLS Secret %s/%s %s for %s",
             p.namespace,
             p.secret,
-            "created" if version is None else "replaced",
+            "created" if current is None else "replaced",
             ", ".join(p.names),
         )
         return fresh

@@ -68,6 +68,39 @@ def point_at(cluster, port: int, ca_bundle: str) -> None:
     cluster.kubectl("patch", "validatingwebhookconfiguration", VWC, "--type=json", "-p", json.dumps(patch))
 
 
+def local_operator(cluster, name: str) -> tuple[Operator, int, Path]:
+    """The operator as deploy/ runs it (its arguments, namespace and ServiceAccount), on this machine."""
+    (port,) = _free_ports(1)
+    certs = cluster.workdir / f"{name}-certs"
+    kubeconfig = cluster.sa_kubeconfig(NS, "dsa-operator", create=False)
+    op = Operator(
+        cluster,
+        kubeconfig,
+        name,
+        webhook=False,
+        extra=tuple(local_args(deploy_args(), port, certs)),
+        env={"POD_NAMESPACE": NS},
+    )
+    return op.start(), port, certs
+
+
+def provisioned(cluster) -> dict | None:
+    """The TLS Secret, once the webhook configuration trusts its CA."""
+    r = cluster.kubectl("get", "secret", SECRET, "-n", NS, "-o", "json", check=False)
+    if r.returncode:
+        return None
+    secret = json.loads(r.stdout)
+    hook = cluster.kubectl_json("get", "validatingwebhookconfiguration", VWC)["webhooks"][0]
+    ca = (secret.get("data") or {}).get("ca.crt")
+    return secret if ca and hook["clientConfig"].get("caBundle") == ca else None
+
+
+def delete_deploy(cluster) -> None:
+    cluster.kubectl(
+        "delete", "-f", str(DEPLOY / "dsa-operator.yaml"), "--wait=true", "--timeout=90s", check=False
+    )
+
+
 def test_kubectl_apply_deploy_webhook_reconcile_and_delete(cluster) -> None:
     args = deploy_args()
     assert {"--webhook-tls-secret=" + SECRET, "--webhook-configuration=" + VWC} <= set(args), args
@@ -80,28 +113,11 @@ def test_kubectl_apply_deploy_webhook_reconcile_and_delete(cluster) -> None:
         assert hook["clientConfig"]["service"]["name"] == SERVICE and "caBundle" not in hook["clientConfig"]
         assert cluster.kubectl("get", "secret", SECRET, "-n", NS, check=False).returncode != 0
 
-        (port,) = _free_ports(1)
-        certs = cluster.workdir / "deploy-op-certs"
-        kubeconfig = cluster.sa_kubeconfig(NS, "dsa-operator", create=False)
-        op = Operator(
-            cluster,
-            kubeconfig,
-            "deploy-op",
-            webhook=False,
-            extra=tuple(local_args(args, port, certs)),
-            env={"POD_NAMESPACE": NS},
-        ).start()
+        op, port, certs = local_operator(cluster, "deploy-op")
         op.wait_healthy()
-
-        def provisioned() -> dict | None:
-            r = cluster.kubectl("get", "secret", SECRET, "-n", NS, "-o", "json", check=False)
-            if r.returncode:
-                return None
-            secret = json.loads(r.stdout)
-            hook = cluster.kubectl_json("get", "validatingwebhookconfiguration", VWC)["webhooks"][0]
-            return secret if hook["clientConfig"].get("caBundle") == secret["data"]["ca.crt"] else None
-
-        secret = cluster.wait_for(provisioned, timeout=60, what="the operator's TLS Secret and caBundle")
+        secret = cluster.wait_for(
+            lambda: provisioned(cluster), timeout=60, what="the operator's TLS Secret and caBundle"
+        )
         assert secret["type"] == "kubernetes.io/tls"
         data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
         names = [*service_names(SERVICE, NS), "127.0.0.1"]
@@ -149,10 +165,39 @@ def test_kubectl_apply_deploy_webhook_reconcile_and_delete(cluster) -> None:
     finally:
         if op:
             op.stop()
-        cluster.kubectl(
-            "delete", "-f", str(DEPLOY / "dsa-operator.yaml"), "--wait=true", "--timeout=90s", check=False
-        )
+        delete_deploy(cluster)
     for kind in ("clusterrole", "clusterrolebinding", "validatingwebhookconfiguration"):
         assert cluster.kubectl("get", kind, "dsa-operator", check=False).returncode != 0
     assert cluster.kubectl("get", "namespace", NS, check=False).returncode != 0  # the Secret with it
     cluster.kubectl("get", "crd", CRD)  # the CRD (and so every DSAModel) stays
+
+
+def test_operator_without_its_secret_rights_says_so_then_replaces_an_unusable_secret(cluster) -> None:
+    """The Secret's RoleBinding missing (say, RBAC applied after the Deployment): the operator names
+    what it cannot do and retries; once the rights are there it replaces the unusable Secret it finds
+    (keeping the Secret's type, which cannot change) and the caBundle follows."""
+    cluster.kubectl("apply", "-f", str(DEPLOY))
+    op = None
+    try:
+        cluster.wait_established(CRD)
+        cluster.kubectl("delete", "rolebinding", "dsa-operator-webhook-tls", "-n", NS)
+        cluster.kubectl("create", "secret", "generic", SECRET, "-n", NS, "--from-literal=ca.crt=garbage")
+        op, _, _ = local_operator(cluster, "deploy-op-norbac")
+        cluster.wait_for(
+            lambda: "cannot provision the webhook TLS" in op.logs(),
+            timeout=60,
+            what="the missing right, logged",
+        )
+        logs = op.logs()
+        assert f"Secret {NS}/{SECRET}" in logs and "403" in logs, logs[-3000:]
+        cluster.kubectl("apply", "-f", str(DEPLOY / "dsa-operator.yaml"))  # the RoleBinding is back
+        secret = cluster.wait_for(lambda: provisioned(cluster), timeout=60, what="the Secret replaced")
+        assert secret["type"] == "Opaque" and set(secret["data"]) == {"ca.crt", "tls.crt", "tls.key"}
+        logs = op.logs()
+        assert "is unusable (it lacks tls.crt, tls.key): replacing it" in logs, logs[-3000:]
+        assert "BEGIN" not in logs and "garbage" not in logs
+        op.wait_healthy()
+    finally:
+        if op:
+            op.stop()
+        delete_deploy(cluster)

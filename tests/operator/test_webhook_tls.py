@@ -12,6 +12,7 @@ from cryptography import x509
 from kubernetes.client.rest import ApiException
 
 from dsa_operator import webhook_tls
+from dsa_operator.kube import StoredSecret
 from dsa_operator.webhook_provision import Provision, ensure
 from dsa_operator.webhook_tls import (
     CA_CRT,
@@ -137,17 +138,26 @@ def test_ca_bundle_patch_only_where_it_differs(tls) -> None:
 class FakeKube:
     """The Kube methods webhook_provision uses, over dicts; `rival` writes the Secret just before us."""
 
-    def __init__(self, secret: dict[str, bytes] | None = None, rival: dict[str, bytes] | None = None):
+    def __init__(
+        self,
+        secret: dict[str, bytes] | None = None,
+        rival: dict[str, bytes] | None = None,
+        type: str = "Opaque",
+    ):
         self.secret, self.version, self.rival = secret, (1 if secret is not None else 0), rival
+        self.type = type
         self.writes: list[str | None] = []
         self.vwc = {"webhooks": [{"name": "dsamodel-planner.serving.dsa.dev", "clientConfig": {}}]}
         self.patches: list[list[dict]] = []
 
     def read_secret(self, namespace: str, name: str):
-        return None if self.secret is None else (dict(self.secret), str(self.version))
+        return None if self.secret is None else StoredSecret(dict(self.secret), str(self.version), self.type)
 
-    def write_secret(self, namespace: str, name: str, data: dict[str, bytes], resource_version: str | None):
+    def write_secret(self, namespace: str, name: str, data: dict[str, bytes], current: StoredSecret | None):
+        resource_version = current.resource_version if current else None
         self.writes.append(resource_version)
+        if current is not None and current.type != self.type:
+            raise ApiException(status=422, reason="Unprocessable Entity")  # type is immutable
         if self.rival is not None:  # another replica wins: our create/replace fails with 409
             self.secret, self.version, self.rival = self.rival, self.version + 1, None
             raise ApiException(status=409, reason="Conflict")
