@@ -1,4 +1,5 @@
-"""The operator's only door to the API server: list, apply, delete, post events and status.
+"""The operator's only door to the API server: list, apply, delete, post events and status, and
+its webhook's TLS (one Secret, the caBundle of one webhook configuration).
 
 Every write goes through here, so the field manager and the "skip unchanged" rule live in
 one place. Objects are plain dicts in the API's own (camelCase) form.
@@ -165,5 +166,5 @@ class Kube:
 
     def patch_webhook_configuration(self, name: str, json_patch: list[Obj]) -> None:
         client.AdmissionregistrationV1Api(self.api).patch_validating_webhook_configuration(
-            name, json_patch, field_manager=FIELD_MANAGER
+            name, json_patch, field_manager=FIELD_MANAGER, _content_type="application/json-patch+json"
         )
