@@ -1,7 +1,7 @@
 """The webhook's self-provisioned TLS, imperative shell: the Secret, the files kopf serves, the caBundle.
 
 `dsa-operator run --webhook-tls-secret` (what deploy/ and the chart's webhook.tlsSource=operator
-use): at startup, and every CHECK_SECONDS after, the operator makes sure that
+use): at startup, and every CHECK_SECONDS (5 minutes) after, the operator makes sure that
   1. the Secret holds a CA and a serving certificate usable for the webhook Service's names (else it
      makes new ones and creates the Secret, or replaces the unusable one at the version it read;
      a 409 means another replica wrote first, whose TLS is then used: replicas agree),
@@ -27,7 +27,9 @@ from dsa_operator.kube import Kube
 from dsa_operator.webhook_tls import Tls
 
 log = logging.getLogger(__name__)
-CHECK_SECONDS = 3600.0  # renewal comes RENEW_BEFORE (30 days) ahead, so hourly is plenty
+# Two GETs per check. Renewal comes RENEW_BEFORE (30 days) ahead; the short period is for a caBundle
+# or Secret someone else removed (e.g. `helm upgrade` from tlsSource=helm drops both).
+CHECK_SECONDS = 300.0
 WRITE_ATTEMPTS = 3
 
 

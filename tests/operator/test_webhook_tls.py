@@ -251,3 +251,34 @@ def test_run_options_resolve_names_and_files(monkeypatch, tmp_path) -> None:
     assert p.cert_path.parent == p.key_path.parent and p.cert_path.parent.parent == tmp_path
     p = _provision("sec", "dsa-operator-webhook", None, None, 9443, "/w/tls.crt", "/w/tls.key", 90)
     assert p.names == tuple(NAMES) and str(p.cert_path) == "/w/tls.crt" and p.configuration is None
+
+
+def test_keep_restores_a_reset_ca_bundle_and_survives_errors(tmp_path, monkeypatch, caplog) -> None:
+    import asyncio
+
+    from dsa_operator import webhook_provision
+
+    monkeypatch.setattr(webhook_provision, "CHECK_SECONDS", 0.01)
+    kube, p = FakeKube(), _provision(tmp_path)
+    tls = ensure(kube, p)  # type: ignore[arg-type]
+    kube.vwc["webhooks"][0]["clientConfig"].pop("caBundle")  # someone reset it
+    calls = {"n": 0}
+    read = kube.read_secret
+
+    def flaky(namespace: str, name: str):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ApiException(status=500, reason="Internal Server Error")
+        return read(namespace, name)
+
+    kube.read_secret = flaky  # type: ignore[method-assign]
+
+    async def run() -> None:
+        task = asyncio.create_task(webhook_provision.keep(kube, p))  # type: ignore[arg-type]
+        while calls["n"] < 2 or "caBundle" not in kube.vwc["webhooks"][0]["clientConfig"]:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(run(), timeout=5))
+    assert kube.vwc["webhooks"][0]["clientConfig"]["caBundle"] == base64.b64encode(tls.ca_crt).decode()
+    assert "webhook TLS check failed: ApiException: Internal Server Error" in caplog.text
