@@ -123,6 +123,9 @@ def test_kubectl_apply_deploy_webhook_reconcile_and_delete(cluster) -> None:
         names = [*service_names(SERVICE, NS), "127.0.0.1"]
         assert problem(data, names, datetime.datetime.now(datetime.UTC)) is None
         assert (certs / "tls.crt").read_bytes() == data["tls.crt"]
+        # Applying deploy/ again (an upgrade) keeps the caBundle: the manifest does not name it.
+        cluster.kubectl("apply", "-f", str(DEPLOY / "dsa-operator.yaml"))
+        assert provisioned(cluster) == secret
 
         point_at(cluster, port, secret["data"]["ca.crt"])
         ns = model_ns(cluster)
