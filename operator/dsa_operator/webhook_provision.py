@@ -7,7 +7,7 @@ use): at startup, and every CHECK_SECONDS (5 minutes) after, the operator makes 
      a 409 means another replica wrote first, whose TLS is then used: replicas agree),
   2. the certificate and key kopf's webhook server loads are those (kopf reloads changed files),
   3. every webhook of the ValidatingWebhookConfiguration trusts that CA (caBundle, patched only
-     when it differs).
+     when it differs; right after a rotation it trusts the old CA too, until the next check).
 The judgement and the certificates are webhook_tls.py's; only names and reasons are logged.
 """
 
@@ -52,21 +52,22 @@ def now() -> datetime.datetime:
 
 def ensure(kube: Kube, p: Provision, at: datetime.datetime | None = None) -> Tls:
     """Steps 1-3 above; idempotent. Returns the TLS now served."""
-    tls = _settle_secret(kube, p, at or now())
+    tls, retiring = _settle_secret(kube, p, at or now())
     _write_files(tls, p)
     if p.configuration:
-        _trust(kube, p.configuration, tls.ca_crt)
+        _trust(kube, p.configuration, webhook_tls.trust_bundle(tls.ca_crt, retiring))
     return tls
 
 
-def _settle_secret(kube: Kube, p: Provision, at: datetime.datetime) -> Tls:
+def _settle_secret(kube: Kube, p: Provision, at: datetime.datetime) -> tuple[Tls, bytes | None]:
+    """The usable TLS, and the CA it replaced (None when nothing was replaced)."""
     for _ in range(WRITE_ATTEMPTS):
         current = kube.read_secret(p.namespace, p.secret)
         if current is not None:
             why = webhook_tls.problem(current.data, p.names, at)
             if why is None:
                 log.info("webhook TLS Secret %s/%s is usable: serving it", p.namespace, p.secret)
-                return Tls.from_secret_data(current.data)
+                return Tls.from_secret_data(current.data), None
             log.info("webhook TLS Secret %s/%s is unusable (%s): replacing it", p.namespace, p.secret, why)
         fresh = webhook_tls.make_tls(p.names, at, p.days)
         try:
@@ -85,7 +86,7 @@ def _settle_secret(kube: Kube, p: Provision, at: datetime.datetime) -> Tls:
             "created" if current is None else "replaced",
             ", ".join(p.names),
         )
-        return fresh
+        return fresh, current.data.get(webhook_tls.CA_CRT) if current else None
     raise RuntimeError(
         f"webhook TLS Secret {p.namespace}/{p.secret}: {WRITE_ATTEMPTS} writes lost to other writers"
     )
@@ -108,8 +109,8 @@ def _write_files(tls: Tls, p: Provision) -> None:
             raise
 
 
-def _trust(kube: Kube, configuration: str, ca_crt: bytes) -> None:
-    patch = webhook_tls.ca_bundle_patch(kube.read_webhook_configuration(configuration), ca_crt)
+def _trust(kube: Kube, configuration: str, bundle: bytes) -> None:
+    patch = webhook_tls.ca_bundle_patch(kube.read_webhook_configuration(configuration), bundle)
     if patch:
         kube.patch_webhook_configuration(configuration, patch)
         log.info(

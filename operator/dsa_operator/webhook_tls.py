@@ -180,13 +180,26 @@ def _covered(cert: x509.Certificate) -> set[str]:
     return set(sans.get_values_for_type(x509.DNSName)) | ips
 
 
-def ca_bundle_patch(configuration: Mapping[str, Any], ca_crt: bytes) -> list[dict[str, Any]]:
-    """JSON patch setting every webhook's caBundle of a webhook configuration to `ca_crt`; [] when all do.
+def trust_bundle(ca_crt: bytes, retiring: bytes | None = None) -> bytes:
+    """The caBundle for `ca_crt`; right after a rotation also the CA it replaces, since the webhook
+    server serves the old certificate until it reloads its files (kopf checks them every minute).
+    The next check, with no rotation, drops the old CA."""
+    if retiring and retiring != ca_crt:
+        try:
+            x509.load_pem_x509_certificate(retiring)
+        except ValueError:
+            return ca_crt
+        return ca_crt + retiring
+    return ca_crt
+
+
+def ca_bundle_patch(configuration: Mapping[str, Any], bundle: bytes) -> list[dict[str, Any]]:
+    """JSON patch setting every webhook's caBundle of a webhook configuration to `bundle`; [] when all do.
 
     Each change is guarded by a test of the webhook's name, so a list that changed meanwhile fails
     the patch instead of giving the CA to another webhook.
     """
-    want = base64.b64encode(ca_crt).decode("ascii")
+    want = base64.b64encode(bundle).decode("ascii")
     ops: list[dict[str, Any]] = []
     for i, hook in enumerate(configuration.get("webhooks") or []):
         if (hook.get("clientConfig") or {}).get("caBundle") != want:

@@ -201,9 +201,22 @@ def test_ensure_creates_writes_and_trusts(tmp_path) -> None:
 
 def test_ensure_replaces_an_unusable_secret_at_its_version(tmp_path, tls) -> None:
     old = make_tls(NAMES, NOW - 400 * DAY, days=380)  # expires within 30 days of NOW
-    kube = FakeKube(secret=old.secret_data())
-    fresh = ensure(kube, _provision(tmp_path), NOW)  # type: ignore[arg-type]
+    kube, p = FakeKube(secret=old.secret_data()), _provision(tmp_path)
+    fresh = ensure(kube, p, NOW)  # type: ignore[arg-type]
     assert kube.writes == ["1"] and fresh != old and kube.secret == fresh.secret_data()
+    # Until the next check the old CA is trusted too (the server may still serve the old certificate).
+    bundle = kube.vwc["webhooks"][0]["clientConfig"]["caBundle"]
+    assert base64.b64decode(bundle) == fresh.ca_crt + old.ca_crt
+    ensure(kube, p, NOW)  # type: ignore[arg-type]
+    assert base64.b64decode(kube.vwc["webhooks"][0]["clientConfig"]["caBundle"]) == fresh.ca_crt
+
+
+def test_trust_bundle(tls) -> None:
+    other = make_tls(NAMES, NOW)
+    assert webhook_tls.trust_bundle(tls.ca_crt) == tls.ca_crt
+    assert webhook_tls.trust_bundle(tls.ca_crt, tls.ca_crt) == tls.ca_crt
+    assert webhook_tls.trust_bundle(tls.ca_crt, b"garbage") == tls.ca_crt
+    assert webhook_tls.trust_bundle(tls.ca_crt, other.ca_crt) == tls.ca_crt + other.ca_crt
 
 
 def test_ensure_uses_the_winners_tls_after_a_lost_race(tmp_path, tls) -> None:
