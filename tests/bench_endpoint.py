@@ -2,7 +2,8 @@
 
     .venv/bin/python tests/bench_endpoint.py [--requests 2000] [--concurrency 16]
 
-Starts its own control plane (kwok, loopback pod IPs) and operator, applies examples/12-pd.yaml,
+Starts its own control plane (kwok, loopback pod IPs) and operator (a local process: kwok nodes run
+no containers, see tests/integration/operator_proc.py), applies examples/12-pd.yaml,
 puts the runtime's engine simulator (dsa_runtime.simulator) at every pod's IP and runs the real router as
 the operator's Deployment would (tests/integration/endpoint_env.py). Then it prints:
 

@@ -7,7 +7,7 @@ import shlex
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
@@ -15,6 +15,9 @@ import yaml
 from dsa_operator.errors import PlanError
 from dsa_operator.plan import Plan
 from dsa_operator.planner import plan as make_plan
+
+if TYPE_CHECKING:
+    from dsa_operator.webhook_provision import Provision
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 
@@ -176,12 +179,39 @@ def run_cmd(
     webhook_addr: Annotated[str | None, typer.Option(help="Webhook listen address.")] = None,
     webhook_host: Annotated[str | None, typer.Option(help="Host name the API server dials.")] = None,
     webhook_cert: Annotated[
-        str | None, typer.Option(help="TLS certificate (self-signed when absent).")
+        str | None,
+        typer.Option(
+            help="TLS certificate file (self-signed when absent); "
+            "with --webhook-tls-secret, where it is written."
+        ),
     ] = None,
-    webhook_key: Annotated[str | None, typer.Option(help="TLS key.")] = None,
+    webhook_key: Annotated[
+        str | None, typer.Option(help="TLS key file; with --webhook-tls-secret, where it is written.")
+    ] = None,
     webhook_managed: Annotated[
-        str | None, typer.Option(help="Name of a ValidatingWebhookConfiguration to keep up to date.")
+        str | None,
+        typer.Option(
+            help="Name of a ValidatingWebhookConfiguration kopf keeps whole (no chart, no deploy/)."
+        ),
     ] = None,
+    webhook_tls_secret: Annotated[
+        str | None,
+        typer.Option(
+            help="Provision the webhook's TLS in this Secret of the operator's namespace (POD_NAMESPACE): "
+            "use it when usable, else create or renew it."
+        ),
+    ] = None,
+    webhook_service: Annotated[
+        str | None,
+        typer.Option(help="The webhook's Service: the names the provisioned certificate covers."),
+    ] = None,
+    webhook_configuration: Annotated[
+        str | None,
+        typer.Option(help="ValidatingWebhookConfiguration whose caBundle follows the provisioned CA."),
+    ] = None,
+    webhook_cert_days: Annotated[
+        int, typer.Option(min=31, help="Validity of a provisioned certificate (renewed 30 days ahead).")
+    ] = 3650,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the operator (kopf): reconcile DSAModels into groups, router and endpoint."""
@@ -197,6 +227,23 @@ def run_cmd(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    provision = None
+    if webhook_tls_secret and webhook_managed:
+        _fail("--webhook-managed (kopf keeps the configuration) and --webhook-tls-secret: choose one")
+    if webhook_tls_secret:
+        provision = _provision(
+            webhook_tls_secret,
+            webhook_service,
+            webhook_configuration,
+            webhook_host,
+            webhook_port,
+            webhook_cert,
+            webhook_key,
+            webhook_cert_days,
+        )
+        webhook_cert, webhook_key = str(provision.cert_path), str(provision.key_path)
+    elif webhook_service or webhook_configuration:
+        _fail("--webhook-service and --webhook-configuration go with --webhook-tls-secret")
     handlers.OPTIONS = handlers.Options(
         webhook_addr=webhook_addr,
         webhook_port=webhook_port,
@@ -204,6 +251,7 @@ def run_cmd(
         webhook_cert=webhook_cert,
         webhook_key=webhook_key,
         webhook_managed=webhook_managed,
+        webhook_tls=provision,
     )
 
     if webhook_port:
@@ -229,6 +277,49 @@ def run_cmd(
         run_as_leader(leader_lease, ns, work, liveness_url=liveness)
     else:
         work()
+
+
+def _provision(
+    secret: str,
+    service: str | None,
+    configuration: str | None,
+    host: str | None,
+    port: int | None,
+    cert: str | None,
+    key: str | None,
+    days: int,
+) -> Provision:
+    """--webhook-tls-* checked and resolved: names for the certificate, where its files go."""
+    import os
+    import tempfile
+
+    from dsa_operator.webhook_provision import Provision
+    from dsa_operator.webhook_tls import service_names
+
+    if not port:
+        _fail("--webhook-tls-secret needs --webhook-port (it provisions the webhook server's TLS)")
+    if not service:
+        _fail("--webhook-tls-secret needs --webhook-service (the certificate's names are the Service's)")
+    namespace = os.environ.get("POD_NAMESPACE")
+    if not namespace:
+        _fail(
+            "--webhook-tls-secret needs POD_NAMESPACE: the namespace of the operator, its Secret and Service"
+        )
+    names = service_names(service, namespace)
+    if host and host not in names:
+        names.append(host)  # the API server dials --webhook-host: the certificate must cover it too
+    if not (cert and key):
+        folder = Path(tempfile.mkdtemp(prefix="dsa-operator-webhook-"))
+        cert, key = cert or str(folder / "tls.crt"), key or str(folder / "tls.key")
+    return Provision(
+        secret=secret,
+        namespace=namespace,
+        names=tuple(names),
+        cert_path=Path(cert),
+        key_path=Path(key),
+        configuration=configuration,
+        days=days,
+    )
 
 
 def main() -> None:

@@ -18,11 +18,12 @@ import kopf
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic.exceptions import DynamicApiError
 
-from dsa_operator import GROUP, PLURAL, VERSION, labels
+from dsa_operator import GROUP, PLURAL, VERSION, labels, webhook_provision
 from dsa_operator.controller import Reconciler
 from dsa_operator.errors import PlanError
 from dsa_operator.kube import Kube, load_client_config
 from dsa_operator.planner import plan
+from dsa_operator.webhook_provision import Provision
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = 300.0
@@ -39,6 +40,7 @@ class Options:
     webhook_cert: str | None = None
     webhook_key: str | None = None
     webhook_managed: str | None = None  # name of the ValidatingWebhookConfiguration kopf keeps
+    webhook_tls: Provision | None = None  # the operator provisions the webhook's TLS itself
 
 
 OPTIONS = Options()
@@ -100,6 +102,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 270
     settings.networking.request_timeout = 60
+    kube = Kube(load_client_config())
+    if OPTIONS.webhook_port and OPTIONS.webhook_tls:
+        await _provision_webhook_tls(kube, OPTIONS.webhook_tls, memo)
     if OPTIONS.webhook_port:
         settings.admission.server = kopf.WebhookServer(
             addr=OPTIONS.webhook_addr,
@@ -109,7 +114,28 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             pkeyfile=OPTIONS.webhook_key,
         )
         settings.admission.managed = OPTIONS.webhook_managed
-    memo.loops = Loops(Reconciler(Kube(load_client_config())))
+    memo.loops = Loops(Reconciler(kube))
+
+
+async def _provision_webhook_tls(kube: Kube, p: Provision, memo: kopf.Memo) -> None:
+    """The Secret, cert files and caBundle before the webhook server starts; then kept up to date."""
+    try:
+        await asyncio.to_thread(webhook_provision.ensure, kube, p)
+    except ApiException as e:  # e.g. RBAC not there yet: kopf retries the startup handler
+        raise kopf.TemporaryError(
+            f"cannot provision the webhook TLS (Secret {p.namespace}/{p.secret}, "
+            f"ValidatingWebhookConfiguration {p.configuration}): API error {e.status} {e.reason}",
+            delay=5,
+        ) from None
+    if getattr(memo, "tls_keeper", None) is None:
+        memo.tls_keeper = asyncio.create_task(webhook_provision.keep(kube, p), name="webhook TLS")
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    keeper = getattr(memo, "tls_keeper", None)
+    if keeper is not None:
+        keeper.cancel()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

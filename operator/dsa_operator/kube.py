@@ -1,4 +1,5 @@
-"""The operator's only door to the API server: list, apply, delete, post events and status.
+"""The operator's only door to the API server: list, apply, delete, post events and status, and
+its webhook's TLS (one Secret, the caBundle of one webhook configuration).
 
 Every write goes through here, so the field manager and the "skip unchanged" rule live in
 one place. Objects are plain dicts in the API's own (camelCase) form.
@@ -6,11 +7,12 @@ one place. Objects are plain dicts in the API's own (camelCase) form.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
@@ -33,6 +35,14 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("apps/v1", "StatefulSet"),
     ("apps/v1", "Deployment"),
 )
+
+
+class StoredSecret(NamedTuple):
+    """A Secret as read: its data decoded, the version a replace must match, its (immutable) type."""
+
+    data: dict[str, bytes]
+    resource_version: str
+    type: str
 
 
 def load_client_config() -> client.ApiClient:
@@ -110,4 +120,51 @@ class Kube:
         meta = model["metadata"]
         client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
             GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": status}
+        )
+
+    def read_secret(self, namespace: str, name: str) -> StoredSecret | None:
+        """The Secret, or None when there is none."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+        return StoredSecret(data, secret.metadata.resource_version, secret.type or "Opaque")
+
+    def write_secret(
+        self, namespace: str, name: str, data: dict[str, bytes], current: StoredSecret | None
+    ) -> None:
+        """Create a kubernetes.io/tls Secret (current None) or replace exactly the version read, keeping
+        its type (a Secret's type cannot change).
+
+        Raises ApiException 409 when another writer came first (AlreadyExists or Conflict).
+        """
+        resource_version = current.resource_version if current else None
+        body = client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name=name,
+                namespace=namespace,
+                resource_version=resource_version,
+                labels={
+                    "app.kubernetes.io/part-of": "dsa-operator",
+                    "app.kubernetes.io/managed-by": FIELD_MANAGER,
+                },
+            ),
+            type=current.type if current else "kubernetes.io/tls",
+            data={k: base64.b64encode(v).decode("ascii") for k, v in data.items()},
+        )
+        if resource_version is None:
+            self.core.create_namespaced_secret(namespace, body, field_manager=FIELD_MANAGER)
+        else:
+            self.core.replace_namespaced_secret(name, namespace, body, field_manager=FIELD_MANAGER)
+
+    def read_webhook_configuration(self, name: str) -> Obj:
+        api = client.AdmissionregistrationV1Api(self.api)
+        return self.api.sanitize_for_serialization(api.read_validating_webhook_configuration(name))
+
+    def patch_webhook_configuration(self, name: str, json_patch: list[Obj]) -> None:
+        client.AdmissionregistrationV1Api(self.api).patch_validating_webhook_configuration(
+            name, json_patch, field_manager=FIELD_MANAGER, _content_type="application/json-patch+json"
         )

@@ -19,12 +19,22 @@ def test_lint_strict() -> None:
         ["replicas=3", "watchNamespaces={a,b}"],
         ["webhook.enabled=false"],
         ["webhook.certManager.enabled=true"],
+        ["webhook.tlsSource=certManager"],
+        ["webhook.tlsSource=operator", "replicas=2", "watchNamespaces={a,b}"],
     ):
         run_helm("lint", "--strict", str(CHART), *[a for s in sets for a in ("--set", s)])
 
 
 @pytest.mark.parametrize(
-    "bad", ["nope=1", "image.nope=x", "webhook.failurePolicy=Maybe", "replicas=-1", "image.digest=latest"]
+    "bad",
+    [
+        "nope=1",
+        "image.nope=x",
+        "webhook.failurePolicy=Maybe",
+        "replicas=-1",
+        "image.digest=latest",
+        "webhook.tlsSource=vault",
+    ],
 )
 def test_schema_refuses(bad: str) -> None:
     r = run_helm("template", "x", str(CHART), "--set", bad, check=False)
@@ -45,11 +55,15 @@ def test_deploy_is_fresh(tmp_path) -> None:
         )
 
 
-def test_deploy_render_is_deterministic(tmp_path) -> None:
+def test_deploy_render_is_deterministic_and_has_the_webhook(tmp_path) -> None:
+    """deploy/ carries no key or certificate (the operator makes them), yet registers the webhook."""
     text = (DEPLOY / "dsa-operator.yaml").read_text()
-    assert "BEGIN" not in text and "ValidatingWebhookConfiguration" not in text
-    kinds = [d["kind"] for d in yaml.safe_load_all(text) if d]
+    assert "BEGIN" not in text and "caBundle" not in text
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    kinds = [d["kind"] for d in docs]
     assert kinds[0] == "Namespace" and "Deployment" in kinds and "helm.sh/hook" not in text
+    assert "ValidatingWebhookConfiguration" in kinds and "Secret" not in kinds
+    assert "--webhook-tls-secret=dsa-operator-webhook-tls" in container(docs)["args"]
 
 
 def test_defaults() -> None:
@@ -243,3 +257,100 @@ def test_helm_test_hook() -> None:
         {"apiGroups": ["serving.dsa.dev"], "resources": ["dsamodels"], "verbs": ["list", "create"]}
     ]
     assert not find(render("tests.enabled=false"), "Pod")
+
+
+def test_operator_tls_mode() -> None:
+    """webhook.tlsSource=operator: no Secret content, the operator's flags, a writable in-memory
+    volume for the cert files, and RBAC for exactly the one Secret and webhook configuration."""
+    objs = render("webhook.tlsSource=operator")
+    assert not find(objs, "Secret") and not find(objs, "Certificate") and not find(objs, "Issuer")
+    one(objs, "Service", "dsa-operator-webhook")
+    vwc = one(objs, "ValidatingWebhookConfiguration", "dsa-operator")
+    client = vwc["webhooks"][0]["clientConfig"]
+    assert "caBundle" not in client and "annotations" not in vwc["metadata"]
+    assert client["service"] == {
+        "name": "dsa-operator-webhook",
+        "namespace": "dsa-system",
+        "path": "/dsamodel-planner",
+        "port": 443,
+    }
+    c = container(objs)
+    assert {
+        "--webhook-port=9443",
+        "--webhook-cert=/etc/dsa-operator/webhook/tls.crt",
+        "--webhook-key=/etc/dsa-operator/webhook/tls.key",
+        "--webhook-tls-secret=dsa-operator-webhook-tls",
+        "--webhook-service=dsa-operator-webhook",
+        "--webhook-configuration=dsa-operator",
+        "--webhook-cert-days=3650",
+    } <= set(c["args"])
+    assert not any(a.startswith("--webhook-managed") for a in c["args"])
+    assert {"name": "webhook-tls", "mountPath": "/etc/dsa-operator/webhook"} in c["volumeMounts"]
+    volumes = one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    (vol,) = [v for v in volumes if v["name"] == "webhook-tls"]
+    assert vol == {"name": "webhook-tls", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+
+    role = one(objs, "Role", "dsa-operator-webhook-tls")
+    assert role["metadata"]["namespace"] == "dsa-system"
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["dsa-operator-webhook-tls"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = one(objs, "RoleBinding", "dsa-operator-webhook-tls")
+    assert binding["roleRef"]["name"] == "dsa-operator-webhook-tls"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "dsa-operator", "namespace": "dsa-system"}
+    ]
+    vwc_rules = [
+        r for r in one(objs, "ClusterRole")["rules"] if "validatingwebhookconfigurations" in r["resources"]
+    ]
+    assert vwc_rules == [
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["validatingwebhookconfigurations"],
+            "resourceNames": ["dsa-operator"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    # No secret rights anywhere else; none of it in the other modes.
+    assert [r for r in _all_rules(objs) if "secrets" in r["resources"]] == role["rules"]
+    for other in (render(), render("webhook.tlsSource=certManager"), render("webhook.enabled=false")):
+        assert not find(other, "Role", "dsa-operator-webhook-tls")
+        assert not [r for r in _all_rules(other) if "validatingwebhookconfigurations" in r["resources"]]
+        assert not any(a.startswith("--webhook-tls-secret") for a in container(other)["args"])
+    # With watchNamespaces the Secret Role stays in the release namespace, the rule in the ClusterRole.
+    objs = render("webhook.tlsSource=operator", "watchNamespaces={llm}")
+    assert one(objs, "Role", "dsa-operator-webhook-tls")["metadata"]["namespace"] == "dsa-system"
+    assert any("validatingwebhookconfigurations" in r["resources"] for r in one(objs, "ClusterRole")["rules"])
+
+
+def test_tls_source_spellings() -> None:
+    """certManager.enabled (older) and tlsSource=certManager render the same; a contradiction fails."""
+    assert render("webhook.certManager.enabled=true") == render("webhook.tlsSource=certManager")
+    r = run_helm(
+        "template",
+        "x",
+        str(CHART),
+        "--set",
+        "webhook.certManager.enabled=true",
+        "--set",
+        "webhook.tlsSource=operator",
+        check=False,
+    )
+    assert r.returncode != 0 and "contradicts" in r.stderr, r.stderr
+    r = run_helm(
+        "template",
+        "x",
+        str(CHART),
+        "--set",
+        "webhook.tlsSource=operator",
+        "--set",
+        "webhook.certValidityDays=7",
+        check=False,
+    )
+    assert r.returncode != 0 and "at least 31" in r.stderr, r.stderr

@@ -1,5 +1,10 @@
 """The chart on the real control plane: server-side validation, install, upgrade, uninstall, and the
-operator running with exactly the chart's rights (its ServiceAccount's token)."""
+operator running with exactly the chart's rights (its ServiceAccount's token).
+
+The operator runs as a local process, not as the chart's pod: the nodes are kwok's, which run no
+containers (tests/integration/operator_proc.py says more); point_webhook sends the chart's webhook
+to it. The chart in-cluster, on real nodes, is tests/integration/test_real_serving.py.
+"""
 
 from __future__ import annotations
 
@@ -91,7 +96,12 @@ def test_templates_validate_on_the_api_server(cluster) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(CHART / "crds"))
     for ns in ("dry-system", "dry-a", "dry-b"):
         ensure_ns(cluster, ns)
-    for sets in ([], ["replicas=2", "watchNamespaces={dry-a,dry-b}"], ["webhook.enabled=false"]):
+    for sets in (
+        [],
+        ["replicas=2", "watchNamespaces={dry-a,dry-b}"],
+        ["webhook.enabled=false"],
+        ["webhook.tlsSource=operator", "watchNamespaces={dry-a}"],
+    ):
         text = template(*sets, release="dry", namespace="dry-system", extra=("--skip-tests",))
         r = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=text, check=False)
         assert r.returncode == 0, f"{sets}: {r.stderr}"

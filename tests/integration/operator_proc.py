@@ -1,4 +1,12 @@
-"""Runs the real operator (`python -m dsa_operator run`) against the test cluster."""
+"""Runs the real operator (`python -m dsa_operator run`) against the test cluster, as a local process.
+
+Why not in the cluster: the control plane's nodes are kwok's, which run no containers, so the
+operator image cannot run there, and nothing would answer at its pod's address or behind its
+Service (no kube-proxy either). A local process with a ServiceAccount's token
+(cluster.sa_kubeconfig) has the pod's rights; its webhook listens on loopback, where the API
+server can call it. The image itself runs in-cluster, on real nodes, in
+tests/integration/test_real_serving.py.
+"""
 
 from __future__ import annotations
 
@@ -29,15 +37,18 @@ class Operator:
         webhook: bool = True,
         extra: tuple[str, ...] = (),
         managed: bool = True,
+        env: dict[str, str] | None = None,
     ):
         """`managed`: kopf keeps the webhook configuration itself (--webhook-managed); otherwise
-        the operator only serves it, as under the Helm chart, which registers it."""
+        the operator only serves it, as under the Helm chart, which registers it. `env`: added to
+        the process's environment (e.g. POD_NAMESPACE, which a pod gets from the downward API)."""
         self.cluster = cluster
         self.kubeconfig = kubeconfig
         self.log_file = cluster.workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
         self.webhook, self.managed = webhook, managed
         self.extra = extra
+        self.env = env or {}
         self.liveness_port, self.webhook_port = _free_ports(2)
 
     def start(self) -> Operator:
@@ -60,7 +71,7 @@ class Operator:
             ]
             if self.managed:
                 args.append(f"--webhook-managed={WEBHOOK_CONFIG}")
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1", **self.env)
         self.out = open(self.log_file, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             args, stdout=self.out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True

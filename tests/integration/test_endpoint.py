@@ -1,6 +1,7 @@
 """The endpoint end to end: the real sglang-router discovers the operator's pods and serves.
 
-The operator runs against the real control plane (kwok GPU nodes, pod IPs on loopback); the
+The operator runs against the real control plane (kwok GPU nodes, pod IPs on loopback), as a
+local process because kwok nodes run no containers (operator_proc.Operator); the
 runtime's engine simulator (dsa_runtime.simulator) answers at each pod's IP and port, configured
 from the pod's planned SGLang command line; the router runs
 exactly the argv the operator planned, through `dsa-runtime route`, with the credentials of

@@ -1,4 +1,8 @@
-"""End to end: the operator on the real control plane with kwok GPU nodes, driven by kubectl."""
+"""End to end: the operator on the real control plane with kwok GPU nodes, driven by kubectl.
+
+The operator runs as a local process (operator_proc.Operator), not as a pod: kwok nodes run no
+containers. The image in-cluster is tests/integration/test_real_serving.py.
+"""
 
 from __future__ import annotations
 

@@ -32,6 +32,23 @@
 {{- printf "%s-webhook-tls" (include "dsa-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/*
+Where the webhook's TLS comes from: helm (genCA at install, kept on upgrade), certManager (a
+Certificate; cainjector fills the caBundle) or operator (the operator makes the Secret and the
+caBundle itself: no install-time step, so plain manifests carry it). webhook.certManager.enabled
+is the older spelling of tlsSource=certManager.
+*/}}
+{{- define "dsa-operator.webhookTLS" -}}
+{{- $src := default "helm" .Values.webhook.tlsSource }}
+{{- if (default dict .Values.webhook.certManager).enabled }}
+{{- if eq $src "operator" }}
+{{- fail "webhook.certManager.enabled=true contradicts webhook.tlsSource=operator: set only webhook.tlsSource" }}
+{{- end }}
+{{- $src = "certManager" }}
+{{- end }}
+{{- $src }}
+{{- end }}
+
 {{- define "dsa-operator.image" -}}
 {{- $tag := default .Chart.AppVersion .Values.image.tag }}
 {{- if .Values.image.digest }}
@@ -108,12 +125,19 @@ RBAC in the namespaces holding DSAModels: exactly what the operator's code does 
 Cluster-scoped reads of kopf itself: it scans and watches CustomResourceDefinitions (to
 start serving DSAModels when the CRD appears, settings.scanning) and, when watching named
 namespaces, lists/watches Namespaces to notice them come and go. Cluster-wide it needs no
-namespace reads.
+namespace reads. With webhook.tlsSource=operator: get and patch of the release's one
+ValidatingWebhookConfiguration (webhook_provision.py sets its caBundle).
 */}}
 {{- define "dsa-operator.clusterRules" -}}
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
+{{- if and .Values.webhook.enabled (eq (include "dsa-operator.webhookTLS" .) "operator") }}
+- apiGroups: [admissionregistration.k8s.io]
+  resources: [validatingwebhookconfigurations]
+  resourceNames: [{{ include "dsa-operator.fullname" . | quote }}]
+  verbs: [get, patch]
+{{- end }}
 {{- if .Values.watchNamespaces }}
 - apiGroups: [""]
   resources: [namespaces]
