@@ -134,7 +134,7 @@ def apply_model(runtime_ref: str) -> str:
         except json.JSONDecodeError:
             return False, "(not yet)"
         phase = status.get("phase")
-        return phase == "Ready", f"{phase} {status.get('readyGroups', '')}/{status.get('groups', '')}"
+        return phase == "Ready", f"{phase} {status.get('readyGroups', '')}"
 
     wait(f"dsamodel/{name} phase", ready, timeout=600, every=2)
     print(run("kubectl", "get", "dsamodels"))

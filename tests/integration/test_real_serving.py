@@ -88,19 +88,26 @@ def manifest(ns: str, runtime_ref: str, name: str = "dsv32-demo", decode_replica
 
 
 def status(cluster, ns: str, name: str) -> dict:
+    """The DSAModel's status: `phase`, `readyGroups` ("ready/desired"), `roles`, `conditions`."""
     return cluster.kubectl_json("get", "dsamodel", name, "-n", ns).get("status", {})
 
 
-def wait_ready(cluster, ns: str, name: str, timeout: float = 600) -> dict:
+def wait_ready(cluster, ns: str, name: str, timeout: float = 400) -> dict:
     def ready():
         s = status(cluster, ns, name)
-        return s if s.get("phase") == "Ready" and s.get("readyGroups") == s.get("groups") else None
+        ready, _, wanted = (s.get("readyGroups") or "/").partition("/")
+        return s if s.get("phase") == "Ready" and ready == wanted else None
 
     try:
         return cluster.wait_for(ready, timeout=timeout, interval=1, what=f"{ns}/{name} Ready")
     except TimeoutError:
+        print(cluster.kubectl("get", "dsamodel", name, "-n", ns, "-o", "yaml", check=False).stdout)
         print(cluster.kubectl("get", "pods", "-n", ns, "-o", "wide", check=False).stdout)
-        print(cluster.kubectl("get", "events", "-n", ns, check=False).stdout[-4000:])
+        print(cluster.kubectl("get", "events", "-n", ns, check=False).stdout[-6000:])
+        for pod in pods(cluster, ns, name):
+            logs = cluster.kubectl("logs", "-n", ns, pod["metadata"]["name"], "--tail=15", check=False)
+            print(f"--- {pod['metadata']['name']}\n{logs.stdout}{logs.stderr}")
+        print(cluster.kubectl("logs", "-n", OPERATOR_NS, f"deployment/{RELEASE}", "--tail=40", check=False).stdout)
         raise
 
 
@@ -224,7 +231,9 @@ def test_scaling_decode_adds_a_group_the_router_serves(real_cluster, refs, ns) -
     real_cluster.apply(m)
     wait_ready(real_cluster, ns, name)
     real_cluster.apply(manifest(ns, refs["runtime"], decode_replicas=2))
-    real_cluster.wait_for(lambda: status(real_cluster, ns, name).get("groups") == 3, timeout=60)
+    real_cluster.wait_for(
+        lambda: (status(real_cluster, ns, name).get("readyGroups") or "").endswith("/3"), timeout=60
+    )
     wait_ready(real_cluster, ns, name)
     decode = {p["metadata"]["name"] for p in pods(real_cluster, ns, name, **{labels.ROLE: "decode"})}
     assert len(decode) == 2
