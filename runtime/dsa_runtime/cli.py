@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from dsa_runtime.errors import EXIT_CODE_MEANINGS, ExitCode, RuntimeFailure
 from dsa_runtime.termination import termination_log_path, write_termination
 
 log = logging.getLogger("dsa_runtime")
+STEP_GRACE_S = 10.0  # a preflight or rendezvous step has nothing to drain
 
 app = typer.Typer(
     name="dsa-runtime",
@@ -136,12 +138,29 @@ def _check_sglang(argv: list[str], env: dict[str, str]) -> None:
         )
 
 
+def _exit_on_stop_signals() -> None:
+    """The runtime is PID 1, and the kernel drops a signal PID 1 has no handler for: without this a
+    pod deleted while it waits for its leader would sit out its whole grace period."""
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("%s before the engine started: exiting", signal.Signals(signum).name)
+        raise SystemExit(128 + signum)
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, stop)
+
+
 def _step(command: list[str], path: object, termination_log: str | None, env: dict[str, str]) -> None:
-    """Run `dsa-runtime <command>` as a child; its failure (one line, its code) ends serve."""
+    """Run `dsa-runtime <command>` as a child; its failure (one line, its code) ends serve.
+
+    Supervised like the engine, so a SIGTERM to PID 1 reaches it (a rendezvous blocked in torch
+    would otherwise wait out its timeout)."""
+    from dsa_runtime.supervisor import supervise
+
     cmd = [sys.executable, "-m", "dsa_runtime", *command, "--plan", str(path)]
     if termination_log:
         cmd += ["--termination-log", termination_log]
-    rc = subprocess.run(cmd, check=False, env=env).returncode
+    rc = supervise(cmd, env, STEP_GRACE_S)
     if rc != 0:
         raise typer.Exit(rc)
 
@@ -168,6 +187,7 @@ def serve(
     """Wait for the leader, check the node, then run this pod's engine (SGLang, or the simulator
     when the plan or --engine says so)."""
     _setup_logging()
+    _exit_on_stop_signals()
     with reporting(termination_log):
         path, plan, who = _load(plan_file)
         if who.role == "router":

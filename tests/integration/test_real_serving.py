@@ -107,7 +107,11 @@ def wait_ready(cluster, ns: str, name: str, timeout: float = 400) -> dict:
         for pod in pods(cluster, ns, name):
             logs = cluster.kubectl("logs", "-n", ns, pod["metadata"]["name"], "--tail=15", check=False)
             print(f"--- {pod['metadata']['name']}\n{logs.stdout}{logs.stderr}")
-        print(cluster.kubectl("logs", "-n", OPERATOR_NS, f"deployment/{RELEASE}", "--tail=40", check=False).stdout)
+        print(
+            cluster.kubectl(
+                "logs", "-n", OPERATOR_NS, f"deployment/{RELEASE}", "--tail=40", check=False
+            ).stdout
+        )
         raise
 
 

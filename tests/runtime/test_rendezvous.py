@@ -9,6 +9,7 @@ bounded by the torch timeout the runtime sets (--rendezvous-timeout); nothing he
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -213,3 +214,35 @@ def test_serve_runs_a_simulated_two_node_group(tmp_path, torch_path):
         assert preflight["kernelChecks"] == "skipped: no GPU present (engine simulator)"
         assert "no GPU present: GPU and kernel checks skipped (engine simulator)" in err
         assert "group formed" in err and "SIMULATOR" in err and "not model output" in err
+
+
+def test_a_deleted_pod_leaves_while_its_rank_waits_for_the_group(tmp_path, torch_path):
+    """`serve` as PID 1 (as in a container, where the kernel drops signals PID 1 has no handler
+    for), rank 1 waiting in torch for a leader that never comes: SIGTERM (pod deletion) ends it
+    with 143 instead of leaving the pod Terminating until the rendezvous timeout (600 s here)."""
+    plan = make_plan(group_argv(1, 2, f"localhost:{free_port()}"), rank=1, engine="simulator")
+    env = rank_env(tmp_path, plan, 1, torch_path, DSA_SHM_PATH="/tmp")
+    env["PATH"] = "/usr/bin:/bin"
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-m", "dsa_runtime", "serve",
+         "--rendezvous-timeout", OK_TIMEOUT],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:  # until rank 1 is inside torch's rendezvous
+            seen.append(line)
+            if "joining the group's rendezvous" in line:
+                break
+        else:
+            pytest.fail("serve ended before joining:\n" + "".join(seen))
+        (pid1,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        nspid = Path(f"/proc/{pid1}/status").read_text().split("NSpid:")[1].splitlines()[0].split()
+        assert nspid[-1] == "1"  # PID 1 in its own namespace
+        os.kill(int(pid1), signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM: forwarding" in err
