@@ -83,6 +83,13 @@ class NetPlan:
         start = POD_RANGE_START + i * size
         return str(self.node_subnet[start]), str(self.node_subnet[start + size - 1])
 
+    @property
+    def bridge_mac(self) -> str:
+        """A fixed, locally administered MAC. Without one, Linux gives a bridge the lowest MAC of
+        its ports, so it changes as pods come and go; pods then hold a stale ARP entry for the
+        host (the API server, the kubelet's probes) and lose it for up to a minute."""
+        return f"02:64:73:61:{self.index >> 8:02x}:{self.index & 0xFF:02x}"
+
     def bridge_addresses(self) -> list[str]:
         prefix = self.node_subnet.prefixlen
         svc_prefix = ipaddress.ip_network(self.service_cidr).prefixlen
@@ -132,7 +139,7 @@ def create_bridge(nodes: int, index: int | None = None) -> NetPlan:
             raise NetError(
                 f"bridge {plan.bridge} exists (another cluster, or a leftover: `ip link del {plan.bridge}`)"
             )
-        _ip("link", "add", plan.bridge, "type", "bridge")
+        _ip("link", "add", plan.bridge, "address", plan.bridge_mac, "type", "bridge")
         try:
             for addr in plan.bridge_addresses():
                 _ip("addr", "add", addr, "dev", plan.bridge)

@@ -173,6 +173,9 @@ def test_port_forward_and_pod_ip_from_the_host(rc, rns):
     url = f"http://{p['status']['podIP']}:8080/etc/hostname"
     body = rc.wait_for(lambda: urllib.request.urlopen(url, timeout=5).read(), timeout=30, what=url)
     assert body.decode().strip() == "web"
+    # The bridge keeps its own MAC with pods attached (else pods lose the host on every pod churn).
+    mac = Path(f"/sys/class/net/{rc.net.bridge}/address").read_text().strip()
+    assert mac == rc.net.bridge_mac, mac
     # kubectl port-forward: apiserver -> kubelet (its serving cert, the node IP) -> containerd.
     pf = subprocess.Popen(
         [
