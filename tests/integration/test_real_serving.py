@@ -33,7 +33,8 @@ KILL_ENGINE = (
     "for p in filter(str.isdigit, os.listdir('/proc')):\n"
     "    try: cmd = open(f'/proc/{p}/cmdline', 'rb').read()\n"
     "    except OSError: continue\n"
-    "    if b'dsa_runtime.simulator' in cmd: os.kill(int(p), signal.SIGKILL); print('killed', p)\n"
+    "    if b'dsa_runtime.simulator' in cmd and int(p) != os.getpid():  # not this script\n"
+    "        print('killed', p, flush=True); os.kill(int(p), signal.SIGKILL)\n"
 )
 
 
