@@ -31,7 +31,7 @@ _NSA_KERNELS = (
     "aiter",
     "trtllm",
 )
-_DSA_EXTRA_KERNELS = (
+DSA_EXTRA_KERNELS = (  # offered by SGLang's parser from 0.5.20 (the dsa dialect) on
     "flashmla_sparse_q8",
     "flashinfer_sparse_mla",
     "triton_sparse_mla",
@@ -40,7 +40,7 @@ _DSA_EXTRA_KERNELS = (
 )
 
 
-ALL_KERNELS = _NSA_KERNELS + _DSA_EXTRA_KERNELS
+ALL_KERNELS = _NSA_KERNELS + DSA_EXTRA_KERNELS
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,6 @@ def dialect_for(version: str) -> Dialect:
             if name == "nsa"
             else "SGLANG_DSA_PREFILL_DENSE_ATTN_KV_LEN_THRESHOLD"
         ),
-        kernels=_NSA_KERNELS + (_DSA_EXTRA_KERNELS if name == "dsa" else ()),
+        kernels=_NSA_KERNELS + (DSA_EXTRA_KERNELS if name == "dsa" else ()),
         amd_default_kernel="triton" if name == "dsa" else "tilelang",
     )

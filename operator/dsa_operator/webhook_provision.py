@@ -13,6 +13,7 @@ The judgement and the certificates are webhook_tls.py's; only names and reasons 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
@@ -120,8 +121,6 @@ def _trust(kube: Kube, configuration: str, bundle: bytes) -> None:
 
 async def keep(kube: Kube, p: Provision) -> None:
     """Run `ensure` every CHECK_SECONDS: renewal ahead of expiry, and a caBundle someone reset comes back."""
-    import asyncio
-
     while True:
         await asyncio.sleep(CHECK_SECONDS)
         try:

@@ -1,36 +1,22 @@
 """Which DSA attention kernels run on which GPU architecture, and what each needs.
 
-Kept here (not only in the operator) so a pod can refuse a plan made for other hardware,
-e.g. Blackwell's trtllm on a Hopper node, with a message naming the fix.
+The planner's table, read on the node: a pod refuses a plan made for other hardware (e.g.
+Blackwell's trtllm on a Hopper node) with a message naming the fix.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dsa_operator import kernels as _planner  # pure: the runtime image installs both packages
+from dsa_operator.dialects import DSA_EXTRA_KERNELS
 from dsa_runtime.errors import ExitCode, RuntimeFailure
 
-ARCHS: dict[str, frozenset[str]] = {
-    "flashmla_sparse": frozenset({"sm90", "sm100"}),
-    "flashmla_kv": frozenset({"sm90", "sm100"}),
-    "flashmla_auto": frozenset({"sm90", "sm100"}),
-    "fa3": frozenset({"sm90"}),
-    "trtllm": frozenset({"sm100"}),
-    "tilelang": frozenset({"sm90", "sm100", "amd"}),
-    "aiter": frozenset({"amd"}),
-    "flashmla_sparse_q8": frozenset({"sm90", "sm100"}),
-    "flashinfer_sparse_mla": frozenset({"sm90", "sm100"}),
-    "triton_sparse_mla": frozenset({"sm90", "sm100", "amd"}),
-    "triton": frozenset({"amd"}),
-    "intel_xpu": frozenset(),
-}
-"""Kernel -> the GPU families it runs on: the operator's table (`dsa_operator.kernels.KERNELS`,
-traced to SGLang's NSA backend), repeated here because the runtime image must not need the
-planner; tests/runtime/test_kernels.py fails when the two drift apart."""
+ARCHS: dict[str, frozenset[str]] = {name: k.archs for name, k in _planner.KERNELS.items()}
+"""Kernel -> the GPU families it runs on: the planner's table (traced to SGLang's NSA backend),
+so a plan the planner accepts is not refused by the pod on the same GPU."""
 
-FROM_DSA_DIALECT = frozenset(
-    {"flashmla_sparse_q8", "flashinfer_sparse_mla", "triton_sparse_mla", "triton", "intel_xpu"}
-)
+FROM_DSA_DIALECT = frozenset(DSA_EXTRA_KERNELS)
 """Kernels SGLang's parser offers only from the 0.5.20+ ("dsa") flag dialect on."""
 
 DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {

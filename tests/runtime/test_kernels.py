@@ -17,11 +17,10 @@ def test_table_as_documented():
 
 def test_runtime_and_planner_agree_on_every_kernel():
     """A plan the planner accepts must not be refused by the pod on the same GPU, and the
-    reverse: the two tables name the same kernels, GPU families and version gates."""
+    reverse: per version and GPU the same kernels, and the same defaults for `auto`."""
     from dsa_operator import dialects
     from dsa_operator import kernels as planner
 
-    assert {k: kk.archs for k, kk in planner.KERNELS.items()} == K.ARCHS
     for version, name in (("0.5.12", "nsa"), ("0.5.16", "transitional"), ("0.5.23", "dsa")):
         d = dialects.dialect_for(version)
         for arch in ("sm90", "sm100", "amd"):
