@@ -382,6 +382,29 @@ class RoleStatus(Base):
     nodes_per_group: int = 0
 
 
+class FailureStatus(Base):
+    """The evidence of a group's last failure restart."""
+
+    time: str | None = None
+    pod: str | None = None
+    reason: str | None = None
+    exit_code: int | None = None
+    message: str | None = None
+
+
+class GroupStatus(Base):
+    """One engine group's restart history (from the record on its StatefulSet)."""
+
+    name: str = Field(description="<role>-<index>, e.g. prefill-0.")
+    restarts: int = Field(0, description="Failure restarts of this group since it was created.")
+    failures_in_a_row: int = Field(0, description="Failure restarts without 10 minutes ready between them.")
+    last_restart_time: str | None = Field(
+        None, description="When the operator last restarted it (any reason)."
+    )
+    next_restart_after: str | None = Field(None, description="Failed, restart backing off until then.")
+    last_failure: FailureStatus | None = None
+
+
 class DSAModelStatus(Base):
     """What the operator observed; written by the operator only."""
 
@@ -391,6 +414,9 @@ class DSAModelStatus(Base):
     endpoint: str | None = Field(None, description="In-cluster URL of the OpenAI API.")
     conditions: list[Condition] = Field(default_factory=list)
     roles: list[RoleStatus] = Field(default_factory=list)
+    groups: list[GroupStatus] = Field(
+        default_factory=list, description="Restarts and last failure per group."
+    )
     plan: dict[str, Any] = Field(
         default_factory=dict,
         description="Summary of the resolved plan.",

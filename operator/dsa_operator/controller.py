@@ -3,6 +3,11 @@
 The rules are elsewhere (planner, rollout); this module only applies, observes and
 reports. Unchanged objects are not sent (each child carries the hash of its rendered
 content), and an unchanged status is not written, so a quiet cluster sees no writes.
+
+It decides from what the API holds, read afresh on every reconcile: the DSAModel itself (never
+the copy a watch delivered, which can be older than this operator's own last status write),
+its children and pods, and each group's record on its StatefulSet (``group_record``). Nothing
+carries over in memory, so a restarted operator, or a standby that takes over, does the same.
 """
 
 from __future__ import annotations
@@ -10,41 +15,26 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from dsa_operator import labels, rollout
+from dsa_operator import group_record, labels, rollout
 from dsa_operator.api import parse_spec
 from dsa_operator.errors import PlanError
+from dsa_operator.group_record import GroupRecord
 from dsa_operator.kube import CHILD_KINDS, Kube
-from dsa_operator.observe import Evidence, GroupView, split_by_group, torn, view_group
+from dsa_operator.observe import Evidence, GroupView, split_by_group, view_group
 from dsa_operator.planner import plan as make_plan
 from dsa_operator.render import APPLIED_HASH, render
 from dsa_operator.status import compute_status, invalid_status
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
-STEADY_AFTER = 600.0  # a group ready this long has its failure count (and backoff) reset
 
 
-@dataclass
-class GroupMemory:
-    """What the operator remembers of a group between reconciles (lost on restart: then the
-    pods' restart counts and phases still reveal a failure)."""
-
-    uids: frozenset[str] = frozenset()  # the pods of its last whole incarnation
-    restarting_from: frozenset[str] | None = None  # pods the operator deleted, not yet replaced
-    failures: int = 0
-    last_restart: float | None = None
-    ready_since: float | None = None
-
-
-@dataclass
-class ModelMemory:
-    groups: dict[tuple[str, int], GroupMemory] = field(default_factory=dict)
-
-    def of(self, role: str, index: int) -> GroupMemory:
-        return self.groups.setdefault((role, index), GroupMemory())
+class Gone(Exception):
+    """The DSAModel was deleted (or is being deleted) while this reconcile ran: write nothing more."""
 
 
 def _now_iso() -> str:
@@ -56,16 +46,44 @@ def _selector(d: dict[str, str]) -> str:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube):
-        self.kube = kube
-        self.memory: dict[tuple[str, str], ModelMemory] = {}
+    """Reconciles DSAModels; holds no state of its own between reconciles (see the module doc).
+    One instance serves every model, each reconcile in its own thread."""
 
-    # ---- the whole step -------------------------------------------------------------
-    def reconcile(self, model: Obj) -> float | None:
-        """Returns when to look again without an event (seconds), or None."""
+    def __init__(self, kube: Kube, clock: Callable[[], float] = time.time):
+        self.kube = kube
+        self.clock = clock  # wall clock: backoff deadlines are compared with times stored in the API
+
+    def reconcile(self, model: Obj, alive: Callable[[str], bool] = lambda uid: True) -> float | None:
+        """Returns when to look again without an event (seconds), or None.
+
+        `model` names the DSAModel; its current state is read from the API. `alive(uid)` says
+        whether the model of that uid is still wanted (its watch has not reported it deleted, or
+        replaced by a new one of the same name): asked before every write.
+        """
+        try:
+            return _Pass(self.kube, self.clock, alive).run(*_key(model))
+        except Gone:
+            log.info("%s/%s is gone; nothing more is written for it", *_key(model))
+            return None
+
+
+class _Pass:
+    """One reconcile of one model."""
+
+    def __init__(self, kube: Kube, clock: Callable[[], float], alive: Callable[[str], bool]):
+        self.kube, self.clock, self.wanted = kube, clock, alive
+        self.uid = ""
+
+    def _alive(self) -> None:
+        if not self.wanted(self.uid):
+            raise Gone
+
+    def run(self, ns: str, name: str) -> float | None:
+        model = self.kube.get_model(ns, name)
+        if model is None or model["metadata"].get("deletionTimestamp"):
+            raise Gone
         meta = model["metadata"]
-        key = (meta["namespace"], meta["name"])
-        mem = self.memory.setdefault(key, ModelMemory())
+        self.uid = meta.get("uid", "")
         old_status = model.get("status") or {}
         generation = meta.get("generation")
         try:
@@ -86,18 +104,21 @@ class Reconciler:
             if sts_name is None or sts_name in existing_sts:
                 self._apply_if_changed(obj, live)
 
-        pods = self.kube.list("v1", "Pod", meta["namespace"], _selector({labels.MODEL: plan.name}))
+        pods = self.kube.list("v1", "Pod", ns, _selector({labels.MODEL: plan.name}))
         views = self._views(plan, live, pods)
-        now = time.monotonic()
-        states = [self._state(v, mem, now) for v in views]
+        now = self.clock()
+        stored = {(v.role, v.index): group_record.decode(live.get(_sts_key(plan.name, v))) for v in views}
+        seen = {(v.role, v.index): group_record.observe(stored[(v.role, v.index)], v, now) for v in views}
+        states = [_state(v, seen[(v.role, v.index)]) for v in views]
         wanted = rollout.Desired(
             replicas={r.role: r.replicas for r in plan.roles},
             max_unavailable_groups=spec.rollout.max_unavailable_groups,
         )
         actions = rollout.enforce_bounds(states, wanted, rollout.next_step(states, wanted, now))
-        log.debug("%s/%s groups %s -> actions %s", *key, states, actions)
-        requeue = self._execute(model, plan.name, actions, views, desired, live, mem, now)
-        self._collect_garbage(plan.name, meta["namespace"], desired, live, pods)
+        log.debug("%s/%s groups %s -> actions %s", ns, name, states, actions)
+        records = {k: o.record for k, o in seen.items()}
+        requeue = self._execute(model, plan.name, actions, views, desired, live, seen, records, stored, now)
+        self._collect_garbage(plan.name, ns, desired, live, pods)
 
         rolling = sorted(
             {
@@ -107,7 +128,14 @@ class Reconciler:
             }
             | {f"{s.role}-{s.index}" for s in states if s.restarting and s.outdated}
         )
-        waiting = [f"{s.role}-{s.index}" for s in states if s.failed] if requeue is not None else []
+        waiting = {
+            f"{s.role}-{s.index}": records[s.key].last_restart + rollout.backoff_seconds(s.failures)
+            for s in states
+            if s.failed
+            and s.failures
+            and records[s.key].last_restart is not None
+            and not any(isinstance(a, rollout.RestartGroup) and (a.role, a.index) == s.key for a in actions)
+        }
         router = live.get(("Deployment", plan.router.deployment)) if plan.router else None
         router_ready = None if plan.router is None else bool(router) and _ready_replicas(router) >= 1
         status = compute_status(
@@ -115,11 +143,19 @@ class Reconciler:
             _as_reported(views, states, actions),
             router_ready,
             rolling,
-            waiting,
+            sorted(waiting),
             old_status,
             generation,
             _now_iso(),
         )
+        status["groups"] = [
+            {
+                "name": f"{v.role}-{v.index}",
+                **group_record.report(records[(v.role, v.index)], waiting.get(f"{v.role}-{v.index}")),
+            }
+            for v in views
+            if (v.role, v.index) in records and v.exists
+        ]
         self._write_status(model, old_status, status)
         return requeue
 
@@ -147,12 +183,32 @@ class Reconciler:
         views: list[GroupView],
         desired: list[Obj],
         live: dict,
-        mem: ModelMemory,
+        seen: dict[tuple[str, int], group_record.Observed],
+        records: dict[tuple[str, int], GroupRecord],
+        stored: dict[tuple[str, int], GroupRecord],
         now: float,
     ) -> float | None:
-        """Carry out the rollout planner's actions; returns the soonest requeue a Wait asks for."""
+        """Carry out the rollout planner's actions; returns the soonest requeue a Wait asks for.
+
+        A group's record is written before its pods are deleted (write-ahead): a crash in between
+        leaves a recorded restart whose pods still live, which the next reconcile deletes."""
         ns = model["metadata"]["namespace"]
         by_key = {(v.role, v.index): v for v in views}
+        restarts = {(a.role, a.index): a for a in actions if isinstance(a, rollout.RestartGroup)}
+        for key, action in restarts.items():
+            records[key] = group_record.restarted(records[key], by_key[key], action.reason, now)
+        removed = {(a.role, a.index) for a in actions if isinstance(a, rollout.DeleteGroup)}
+        for key, record in records.items():
+            sts = live.get(_sts_key(name, by_key[key]))
+            if sts is not None and key not in removed and record != stored[key]:
+                self._alive()
+                self.kube.patch_annotation(sts, group_record.ANNOTATION, group_record.encode(record))
+        for key, obs in seen.items():
+            if obs.unfinished and key not in restarts:  # a restart recorded, its delete not done
+                log.info("finishing the recorded restart of %s-%s", *key)
+                self._alive()
+                self.kube.delete_pods_by_uid(ns, _group_pods(name, *key), obs.unfinished)
+
         requeue: float | None = None
         for action in actions:
             if isinstance(action, rollout.CreateGroup):
@@ -162,12 +218,11 @@ class Reconciler:
                         self._apply_if_changed(obj, live)
             elif isinstance(action, rollout.DeleteGroup):
                 group = f"{action.role}-{action.index}"
+                self._alive()
                 self.kube.event(model, "Normal", "GroupRemoved", f"removing group {group}: replicas lowered")
                 self._delete_group(name, ns, action.role, action.index, live)
-                mem.groups.pop((action.role, action.index), None)
             elif isinstance(action, rollout.RestartGroup):
-                view = by_key[(action.role, action.index)]
-                self._restart(model, view, mem.of(action.role, action.index), action.reason, now)
+                self._restart(model, by_key[(action.role, action.index)], action.reason)
             elif isinstance(action, rollout.Wait) and action.requeue_after is not None:
                 requeue = action.requeue_after if requeue is None else min(requeue, action.requeue_after)
         return requeue
@@ -186,39 +241,14 @@ class Reconciler:
         want = obj["metadata"]["annotations"][APPLIED_HASH]
         if current and (current["metadata"].get("annotations") or {}).get(APPLIED_HASH) == want:
             return
+        self._alive()
         log.info("applying %s %s", obj["kind"], obj["metadata"]["name"])
         self.kube.apply(obj)
         live[(obj["kind"], obj["metadata"]["name"])] = obj
 
-    def _state(self, v: GroupView, mem: ModelMemory, now: float) -> rollout.GroupState:
-        m = mem.of(v.role, v.index)
-        restarting = m.restarting_from is not None
-        renewed = bool(v.uids) and v.uids.isdisjoint(m.restarting_from or frozenset())
-        if restarting and renewed and (v.ready or v.evidence):
-            # The new incarnation is up, or has failed in turn (then it is restarted after backoff).
-            m.restarting_from, restarting = None, False
-        vanished = not restarting and v.exists and torn(m.uids, v.uids)
-        if v.ready and not restarting:
-            m.uids = v.uids
-            m.ready_since = m.ready_since or now
-            if m.failures and now - m.ready_since > STEADY_AFTER:
-                m.failures = 0
-        else:
-            m.ready_since = None
-        return rollout.GroupState(
-            role=v.role,
-            index=v.index,
-            exists=v.exists,
-            outdated=v.outdated,
-            ready=v.ready,
-            failed=(bool(v.evidence) or vanished) and not restarting,
-            restarting=restarting,
-            failures=m.failures,
-            last_restart=m.last_restart,
-        )
-
-    def _restart(self, model: Obj, v: GroupView, m: GroupMemory, reason: str, now: float) -> None:
+    def _restart(self, model: Obj, v: GroupView, reason: str) -> None:
         name = f"{v.role}-{v.index}"
+        self._alive()
         if reason == "failure":
             evidence = "; ".join(e.describe() for e in v.evidence) or "a pod of the group was replaced"
             self.kube.event(
@@ -227,14 +257,11 @@ class Reconciler:
                 "GroupFailed",
                 f"restarting group {name} (all {v.want_pods} pods): {evidence}",
             )
-            m.failures += 1
         else:
             self.kube.event(model, "Normal", "RollingGroup", f"restarting group {name} for the new spec")
-        sel = {labels.MODEL: model["metadata"]["name"], labels.ROLE: v.role, labels.GROUP: str(v.index)}
-        self.kube.delete_pods(model["metadata"]["namespace"], _selector(sel))
-        m.restarting_from = v.uids
-        m.last_restart = now
-        m.uids = frozenset()
+        self.kube.delete_pods(
+            model["metadata"]["namespace"], _group_pods(model["metadata"]["name"], v.role, v.index)
+        )
 
     def _delete_group(self, model: str, ns: str, role: str, index: int, live: dict) -> None:
         name = f"{model}-{role}-{index}"
@@ -266,14 +293,44 @@ class Reconciler:
             else:
                 stale = True
             if stale:
+                self._alive()
                 self.kube.delete(obj["apiVersion"], kind, ns, name)
                 del live[(kind, name)]
 
     def _write_status(self, model: Obj, old: Obj, new: Obj) -> None:
-        new = prune(new)
-        if prune(old) == new:
+        """Only a changed status, and only onto the version it was computed from (else 409: the
+        reconcile runs again on the newer one)."""
+        new, old = prune(new), prune(old)
+        if old == new:
             return
-        self.kube.patch_status(model, new)
+        self._alive()
+        self.kube.patch_status(model, merge_patch(old, new))
+
+
+def _key(model: Obj) -> tuple[str, str]:
+    return model["metadata"]["namespace"], model["metadata"]["name"]
+
+
+def _sts_key(model: str, v: GroupView) -> tuple[str, str]:
+    return ("StatefulSet", f"{model}-{v.role}-{v.index}")
+
+
+def _group_pods(model: str, role: str, index: int) -> str:
+    return _selector({labels.MODEL: model, labels.ROLE: role, labels.GROUP: str(index)})
+
+
+def _state(v: GroupView, seen: group_record.Observed) -> rollout.GroupState:
+    return rollout.GroupState(
+        role=v.role,
+        index=v.index,
+        exists=v.exists,
+        outdated=v.outdated,
+        ready=v.ready,
+        failed=seen.failed,
+        restarting=seen.restarting,
+        failures=seen.record.failures,
+        last_restart=seen.record.last_restart,
+    )
 
 
 def _ready_replicas(deployment: Obj) -> int:
@@ -292,6 +349,16 @@ def _as_reported(views: list[GroupView], states: list[rollout.GroupState], actio
         if st.key in restarted or st.restarting:
             v = replace(v, ready=False)
         out.append(v)
+    return out
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """A JSON merge patch (RFC 7396) that turns `old` into `new`: `new`, with null for every key
+    that `new` drops (else the server keeps it, and status never settles)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    out = {k: None for k in old if k not in new}
+    out.update({k: merge_patch(old.get(k), v) for k, v in new.items()})
     return out
 
 

@@ -2,7 +2,9 @@
 
 Each DSAModel gets a loop that reconciles whenever something of it changes (the object,
 or one of its pods, StatefulSets or Deployments) — event-driven, so a pod change shows in
-status within the time of one reconcile. Between events the loop only sleeps. No kopf
+status within the time of one reconcile. Between events the loop only sleeps. An event only
+wakes the loop: the reconcile reads the model itself, so no watch copy older than the
+operator's own writes is ever acted on. No kopf
 change-handlers, daemons or finalizers are used: those would write to the DSAModel.
 """
 
@@ -49,12 +51,12 @@ OPTIONS = Options()
 @dataclass
 class Loops:
     reconciler: Reconciler
-    bodies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    uids: dict[tuple[str, str], str] = field(default_factory=dict)  # the model each loop serves
     triggers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     tasks: dict[tuple[str, str], asyncio.Task] = field(default_factory=dict)
 
     def submit(self, key: tuple[str, str], body: dict[str, Any]) -> None:
-        self.bodies[key] = body
+        self.uids[key] = body["metadata"].get("uid", "")
         if key not in self.tasks or self.tasks[key].done():
             self.triggers[key] = asyncio.Event()
             self.tasks[key] = asyncio.create_task(self._run(key), name=f"reconcile {key[0]}/{key[1]}")
@@ -68,27 +70,37 @@ class Loops:
         task = self.tasks.pop(key, None)
         if task:
             task.cancel()
-        self.bodies.pop(key, None)
+        self.uids.pop(key, None)
         self.triggers.pop(key, None)
-        self.reconciler.memory.pop(key, None)
+
+    def alive(self, key: tuple[str, str], uid: str) -> bool:
+        """Called from the reconcile's thread before each write: dict reads are atomic."""
+        return self.uids.get(key) == uid
 
     async def _run(self, key: tuple[str, str]) -> None:
         backoff = 1.0
-        while key in self.bodies:
+        model = {"metadata": {"namespace": key[0], "name": key[1]}}
+        while key in self.uids:
             trigger = self.triggers[key]
             trigger.clear()
             try:
-                requeue = await asyncio.to_thread(self.reconciler.reconcile, self.bodies[key])
-                backoff = 1.0
-            except (ApiException, DynamicApiError) as e:  # the API said no: say why, retry with backoff
-                log.warning(
-                    "reconcile of %s/%s: API error %s %s; retrying in %.0fs",
-                    *key,
-                    getattr(e, "status", "?"),
-                    getattr(e, "reason", ""),
-                    backoff,
+                requeue = await asyncio.to_thread(
+                    self.reconciler.reconcile, model, lambda uid: self.alive(key, uid)
                 )
-                requeue, backoff = backoff, min(backoff * 2, 60.0)
+                backoff = 1.0
+            except (ApiException, DynamicApiError) as e:
+                if getattr(e, "status", None) == 409:  # written since it was read: look again soon
+                    log.debug("reconcile of %s/%s: conflict, reading again", *key)
+                    requeue = 0.05
+                else:  # the API said no: say why, retry with backoff
+                    log.warning(
+                        "reconcile of %s/%s: API error %s %s; retrying in %.0fs",
+                        *key,
+                        getattr(e, "status", "?"),
+                        getattr(e, "reason", ""),
+                        backoff,
+                    )
+                    requeue, backoff = backoff, min(backoff * 2, 60.0)
             except Exception:  # a bug: keep the traceback, keep the loop
                 log.exception("reconcile of %s/%s failed", *key)
                 requeue, backoff = backoff, min(backoff * 2, 60.0)

@@ -73,6 +73,29 @@ class Kube:
         items = self._res(api_version, kind).get(namespace=namespace, label_selector=selector)
         return [i.to_dict() for i in items.items]
 
+    def get_model(self, namespace: str, name: str) -> Obj | None:
+        """The DSAModel as the API holds it now, or None when it is gone."""
+        try:
+            return client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def patch_annotation(self, obj: Obj, key: str, value: str) -> None:
+        """Set one annotation on the version of `obj` that was read (409 when it changed since)."""
+        meta = obj["metadata"]
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"], "annotations": {key: value}}}
+        self._res(obj["apiVersion"], obj["kind"]).patch(
+            body=body,
+            name=meta["name"],
+            namespace=meta["namespace"],
+            content_type="application/merge-patch+json",
+            field_manager=FIELD_MANAGER,
+        )
+
     def apply(self, obj: Obj) -> None:
         """Server-side apply under the operator's one field manager."""
         self._res(obj["apiVersion"], obj["kind"]).server_side_apply(
@@ -88,6 +111,19 @@ class Kube:
     def delete_pods(self, namespace: str, selector: str) -> None:
         """All pods of a group at once: one NCCL world goes down together."""
         self.core.delete_collection_namespaced_pod(namespace, label_selector=selector)
+
+    def delete_pods_by_uid(self, namespace: str, selector: str, uids: frozenset[str]) -> None:
+        """The selected pods with these uids (a successor of the same name is spared)."""
+        for pod in self.core.list_namespaced_pod(namespace, label_selector=selector).items:
+            if pod.metadata.uid in uids:
+                with contextlib.suppress(NotFoundError, ApiException):
+                    self.core.delete_namespaced_pod(
+                        pod.metadata.name,
+                        namespace,
+                        body=client.V1DeleteOptions(
+                            preconditions=client.V1Preconditions(uid=pod.metadata.uid)
+                        ),
+                    )
 
     def event(self, model: Obj, kind: str, reason: str, message: str) -> None:
         """An Event on the DSAModel (`kubectl describe dsamodel` shows it)."""
@@ -117,9 +153,16 @@ class Kube:
             log.warning("could not record event %s: %s", reason, e.reason)
 
     def patch_status(self, model: Obj, status: Obj) -> None:
+        """Replaces the status of the version of `model` that was read: 409 when it changed since,
+        so a status computed from an older view is never written."""
         meta = model["metadata"]
         client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
-            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": status}
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            PLURAL,
+            meta["name"],
+            {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status},
         )
 
     def read_secret(self, namespace: str, name: str) -> StoredSecret | None:
