@@ -236,7 +236,9 @@ def run_kernel_checks(
             continue
         if not run_kernel or vendor != "nvidia":
             entry["check"] = "import-checked only"
-            entry["why"] = "--no-run-kernel" if not run_kernel else f"no run check on {vendor} GPUs"
+            entry["why"] = (
+                "runs skipped (--no-run-kernel)" if not run_kernel else f"no run check on {vendor} GPUs"
+            )
             continue
         entry["check"] = "ran"
         entry["function"] = FUNCTIONS[kc.kernel]

@@ -236,7 +236,7 @@ def test_no_run_kernel_runs_nothing_and_says_so(h200_node, tmp_path):
     )
     assert calls == []
     assert report["kernelChecks"][0]["check"] == "import-checked only"
-    assert report["kernelChecks"][0]["why"] == "--no-run-kernel"
+    assert report["kernelChecks"][0]["why"] == "runs skipped (--no-run-kernel)"
 
 
 def test_the_first_wrong_kernel_fails_preflight(h200_node, tmp_path, capsys):
