@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv lint test test-unit sglang-envs crd images demo demo-down clean
+.PHONY: venv lint test test-unit chaos sglang-envs crd images demo demo-down clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -38,6 +38,12 @@ test-unit: venv
 # Everything: unit, SGLang real-parser, runtime, control-plane integration.
 test: venv lint sglang-envs cluster-bins
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+
+# Fault injection alone, its figures shown (also part of `make test`): the operator SIGKILLed at
+# random points (DSA_CHAOS_RUNS, DSA_CHAOS_SEED), a leader failover, kube-apiserver and etcd
+# restarts, a silently dropped connection. Figures: docs/benchmarks.md.
+chaos: venv cluster-bins
+	$(PYTHON) -m pytest tests/chaos -s -p no:cacheprovider $(PYTEST_ARGS)
 
 # The main job, on real nodes: the control plane with three real nodes (two GPU-like, one CPU;
 # no kwok nodes), the images built and loaded, the operator installed by its Helm chart with

@@ -51,6 +51,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "integration: needs the local control plane (tests/cluster); slow to build once"
     )
+    config.addinivalue_line(
+        "markers", "chaos: fault injection with figures (tests/chaos; `make chaos` runs it alone)"
+    )
 
 
 @pytest.fixture(autouse=True)

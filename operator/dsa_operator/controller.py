@@ -243,8 +243,7 @@ class _Pass:
             return
         self._alive()
         log.info("applying %s %s", obj["kind"], obj["metadata"]["name"])
-        self.kube.apply(obj)
-        live[(obj["kind"], obj["metadata"]["name"])] = obj
+        live[(obj["kind"], obj["metadata"]["name"])] = self.kube.apply(obj)
 
     def _restart(self, model: Obj, v: GroupView, reason: str) -> None:
         name = f"{v.role}-{v.index}"

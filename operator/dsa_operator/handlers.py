@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+import urllib3
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic.exceptions import DynamicApiError
 
@@ -101,6 +102,9 @@ class Loops:
                         backoff,
                     )
                     requeue, backoff = backoff, min(backoff * 2, 60.0)
+            except (urllib3.exceptions.HTTPError, OSError) as e:  # the API out of reach: retry
+                log.warning("reconcile of %s/%s: API unreachable (%s); retrying in %.0fs", *key, e, backoff)
+                requeue, backoff = backoff, min(backoff * 2, 30.0)
             except Exception:  # a bug: keep the traceback, keep the loop
                 log.exception("reconcile of %s/%s failed", *key)
                 requeue, backoff = backoff, min(backoff * 2, 60.0)

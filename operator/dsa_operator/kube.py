@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
@@ -45,13 +46,23 @@ class StoredSecret(NamedTuple):
     type: str
 
 
+# Every request of the reconcile's client gives up after this: a connection that died silently
+# (no FIN, no RST: a node or middlebox lost) would otherwise hang a model's reconcile forever.
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 30.0
+
+
 def load_client_config() -> client.ApiClient:
     """In a pod: its ServiceAccount; elsewhere: KUBECONFIG / ~/.kube/config."""
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    return client.ApiClient()
+    api = client.ApiClient()
+    api.rest_client.pool_manager.connection_pool_kw["timeout"] = urllib3.Timeout(
+        connect=CONNECT_TIMEOUT, read=READ_TIMEOUT
+    )
+    return api
 
 
 @dataclass
@@ -96,10 +107,12 @@ class Kube:
             field_manager=FIELD_MANAGER,
         )
 
-    def apply(self, obj: Obj) -> None:
-        """Server-side apply under the operator's one field manager."""
-        self._res(obj["apiVersion"], obj["kind"]).server_side_apply(
-            body=obj, field_manager=FIELD_MANAGER, force_conflicts=True
+    def apply(self, obj: Obj) -> Obj:
+        """Server-side apply under the operator's one field manager; returns the object as stored."""
+        return (
+            self._res(obj["apiVersion"], obj["kind"])
+            .server_side_apply(body=obj, field_manager=FIELD_MANAGER, force_conflicts=True)
+            .to_dict()
         )
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:

@@ -359,6 +359,8 @@ class _Proc:
     name: str
     popen: subprocess.Popen
     log: Path
+    args: list | None = None
+    env: dict | None = None
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -883,8 +885,33 @@ class Cluster:
                 cwd=self.workdir,
                 env=env,
             )
-        self._procs.append(_Proc(name, p, log))
+        self._procs.append(_Proc(name, p, log, args, env))
         return p
+
+    def restart(
+        self, name: str, sig: int = signal.SIGTERM, down_for: float = 0.0, timeout: float = 60
+    ) -> float:
+        """Stop one control-plane process (`etcd`, `kube-apiserver`, ...) with `sig`, keep it down
+        `down_for` seconds, start it again with the same flags and data (etcd keeps its data
+        directory) and wait until it answers; returns the seconds until it answered again."""
+        with self._lock:
+            (proc,) = [p for p in self._procs if p.name == name]
+            self._procs.remove(proc)
+        t0 = time.monotonic()
+        _kill_group(proc.popen.pid, sig)
+        try:
+            proc.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait(timeout=10)
+        time.sleep(down_for)
+        self._spawn(name, proc.args, proc.env)
+        probe = {
+            "etcd": lambda: self._http_ok(f"http://127.0.0.1:{self.etcd_port}/health"),
+            "kube-apiserver": lambda: self._https_ok(f"{self.api_url}/readyz"),
+        }.get(name, lambda: True)
+        self._wait(probe, name, time.monotonic() + timeout)
+        return time.monotonic() - t0
 
     # ---- real nodes -------------------------------------------------------------------
     def _make_bridge(self) -> None:

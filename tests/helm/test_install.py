@@ -348,3 +348,77 @@ def test_operator_without_a_rule_fails_loudly(cluster, ops) -> None:
 
 def _ensure_yaml_used() -> None:  # keep the import for readers of manifests in failures
     yaml.safe_dump({})
+
+
+# ---- least privilege, shown -------------------------------------------------------------------
+# (verb, resource, where, expected): where is "model" (a namespace holding DSAModels), "release"
+# (the chart's namespace), "all" (--all-namespaces) or "cluster" (cluster-scoped).
+OPERATOR_MATRIX = [
+    *[(v, "dsamodels.serving.dsa.dev", "all", "yes") for v in ("get", "list", "watch")],
+    ("patch", "dsamodels.serving.dsa.dev/status", "model", "yes"),
+    *[(v, "dsamodels.serving.dsa.dev", "model", "no") for v in ("create", "update", "patch", "delete")],
+    *[(v, "pods", "model", "yes") for v in ("list", "watch", "delete", "deletecollection")],
+    *[(v, "pods", "model", "no") for v in ("create", "update", "patch")],
+    ("create", "pods/exec", "model", "no"),
+    *[(v, r, "model", "yes") for r in ("statefulsets.apps", "deployments.apps") for v in ("create", "patch")],
+    *[(v, "secrets", w, "no") for v in ("get", "list", "watch", "create") for w in ("model", "all")],
+    # webhook.tlsSource=helm (the default): the kubelet mounts the TLS Secret; the operator reads none.
+    ("get", "secrets/ops-dsa-operator-webhook-tls", "release", "no"),
+    ("list", "secrets", "release", "no"),
+    ("create", "events", "model", "yes"),
+    ("delete", "namespaces", "cluster", "no"),
+    ("patch", "nodes", "cluster", "no"),
+    ("create", "clusterroles.rbac.authorization.k8s.io", "cluster", "no"),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io", "cluster", "no"),
+    ("escalate", "roles.rbac.authorization.k8s.io", "model", "no"),
+    ("bind", "roles.rbac.authorization.k8s.io", "model", "no"),
+    ("patch", "validatingwebhookconfigurations/ops-dsa-operator", "cluster", "no"),
+    ("create", "validatingwebhookconfigurations", "cluster", "no"),
+    ("delete", "customresourcedefinitions.apiextensions.k8s.io", "cluster", "no"),
+]
+ROUTER_MATRIX = [
+    *[(v, "pods", "model", "yes") for v in ("get", "list", "watch")],
+    ("list", "pods", "all", "no"),
+    ("list", "pods", "release", "no"),
+    *[(v, "pods", "model", "no") for v in ("create", "delete", "patch")],
+    *[
+        (v, r, "model", "no")
+        for r in ("secrets", "configmaps", "services", "endpoints")
+        for v in ("get", "list")
+    ],
+    *[(v, "dsamodels.serving.dsa.dev", "model", "no") for v in ("get", "list", "patch")],
+    ("create", "events", "model", "no"),
+    ("list", "nodes", "cluster", "no"),
+]
+
+
+def test_least_privilege_matrix(cluster, ops) -> None:
+    """What the operator's ServiceAccount (as the chart installs it) and a router's (as the operator
+    creates it) may and may not do: `kubectl auth can-i`, row by row."""
+    ns = model_ns(cluster)
+    cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "12-pd.yaml"))
+    router = "dsv32-exp-pd-router"
+    cluster.wait_for(
+        lambda: cluster.kubectl("get", "rolebinding", router, "-n", ns, check=False).returncode == 0,
+        timeout=60,
+        what="the router's RoleBinding",
+    )
+    where = {
+        "model": ("-n", ns),
+        "release": ("-n", "ops-system"),
+        "all": ("--all-namespaces",),
+        "cluster": (),
+    }
+    wrong, lines = [], []
+    for who, matrix in (
+        ("system:serviceaccount:ops-system:ops-dsa-operator", OPERATOR_MATRIX),
+        (f"system:serviceaccount:{ns}:{router}", ROUTER_MATRIX),
+    ):
+        for verb, resource, scope, want in matrix:
+            got = cluster.kubectl("auth", "can-i", verb, resource, *where[scope], f"--as={who}", check=False)
+            answer = got.stdout.strip() or got.stderr.strip()
+            lines.append(f"{who.rsplit(':', 1)[1]:<22} {verb:<17} {resource:<52} {scope:<8} {answer}")
+            if answer != want:
+                wrong.append((who, verb, resource, scope, want, answer))
+    print("\nFIGURE least-privilege matrix (kubectl auth can-i):\n" + "\n".join(lines))
+    assert wrong == []

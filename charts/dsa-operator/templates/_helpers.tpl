@@ -79,15 +79,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 RBAC in the namespaces holding DSAModels: exactly what the operator's code does there.
-  - dsamodels list/watch: kopf's event handler (and the webhook needs no RBAC).
+  - dsamodels list/watch: kopf's event handler (and the webhook needs no RBAC); get: each
+    reconcile reads the model afresh (Kube.get_model), never a watch's possibly older copy.
   - dsamodels/status patch: Kube.patch_status.
   - dsamodels/finalizers update: children carry ownerReferences with blockOwnerDeletion=true;
     clusters running the OwnerReferencesPermissionEnforcement admission plugin require it.
   - pods list/watch: kopf's pod event handler and Kube.list; deletecollection:
-    Kube.delete_pods (a group restarts as a whole); get: the router Role the operator creates
+    Kube.delete_pods (a group restarts as a whole); delete: Kube.delete_pods_by_uid (finishing a
+    restart recorded before the operator died); get: the router Role the operator creates
     grants pods get/list/watch, and RBAC only lets it create (and bind) a Role whose rights it
     holds itself (no escalate/bind).
-  - statefulsets, deployments list/watch: kopf event handlers and Kube.list.
+  - statefulsets, deployments list/watch: kopf event handlers and Kube.list; statefulsets patch
+    also writes each group's record (Kube.patch_annotation).
   - children (configmaps, serviceaccounts, services, roles, rolebindings, statefulsets,
     deployments): list (Kube.list of its children), create + patch (server-side apply is a
     PATCH that creates when absent, which the API server also authorizes as create), delete
@@ -97,7 +100,7 @@ RBAC in the namespaces holding DSAModels: exactly what the operator's code does 
 {{- define "dsa-operator.namespacedRules" -}}
 - apiGroups: [serving.dsa.dev]
   resources: [dsamodels]
-  verbs: [list, watch]
+  verbs: [get, list, watch]
 - apiGroups: [serving.dsa.dev]
   resources: [dsamodels/status]
   verbs: [patch]
@@ -106,7 +109,7 @@ RBAC in the namespaces holding DSAModels: exactly what the operator's code does 
   verbs: [update]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, deletecollection]
+  verbs: [get, list, watch, delete, deletecollection]
 - apiGroups: [apps]
   resources: [statefulsets, deployments]
   verbs: [list, watch, create, patch, delete]
