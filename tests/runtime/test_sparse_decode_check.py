@@ -271,3 +271,19 @@ def test_preflight_fails_a_corrupted_decode_kernel_with_kernel_wrong(node, tmp_p
     assert "spec.decode.kernels.decode" in e.value.message
     report = json.loads(capsys.readouterr().out.strip())
     assert report["preflight"] == "failed" and report["kernelChecks"][0]["ok"] is False
+
+
+def test_sweep_reports_shares_and_the_roofline_bound(monkeypatch):
+    """The figures' arithmetic, with the stand-in kernel (its speed is not looked at)."""
+    monkeypatch.setattr(D, "flash_mla_decode_kernel", lambda *a, **k: torch_kernel)
+    [row] = D.sweep(DEVICE, iters=1, shapes=[SHAPE])
+    assert row["ok"] and row["roofline"] in ("compute", "memory")
+    assert row["computeShare"] == pytest.approx(row["tflops"] / 989, abs=1e-3)
+    assert row["bandwidthShare"] == pytest.approx(row["gbps"] / 4800, abs=1e-3)
+    assert row["bytes"] == SHAPE.io_bytes(3 * 128)  # no -1 in the sweep's inputs: every slot a row
+    # 128 heads share each row: 2·128·1088 FLOP per 656-byte row puts the DeepSeek shape above
+    # the H200's ridge point (989 TFLOP/s / 4.8 TB/s = 206 FLOP/B) at every batch size.
+    s = D.DecodeShape(batch=1, context=8192)
+    assert s.flops() / s.io_bytes(2048) > 989 / 4.8
+    table = D.table([row, {"ok": False, "reason": "boom", "shape": row["shape"]}])
+    assert table.count("\n") == 3 and "| 3 | 512 |" in table and "failed: boom" in table
