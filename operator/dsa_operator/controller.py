@@ -24,7 +24,7 @@ from dsa_operator.api import parse_spec
 from dsa_operator.errors import PlanError
 from dsa_operator.group_record import GroupRecord
 from dsa_operator.kube import CHILD_KINDS, Kube
-from dsa_operator.observe import Evidence, GroupView, split_by_group, view_group
+from dsa_operator.observe import Evidence, GroupView, lost_node, needs_node_check, split_by_group, view_group
 from dsa_operator.planner import plan as make_plan
 from dsa_operator.render import APPLIED_HASH, render
 from dsa_operator.status import compute_status, invalid_status
@@ -168,12 +168,18 @@ class _Pass:
                 lbl = obj["metadata"]["labels"]
                 known.add((lbl[labels.ROLE], int(lbl[labels.GROUP])))
         nodes = {r.role: r.nodes_per_group for r in plan.roles}
+        lost = self._lost_nodes(pods)
         views = []
         for role, index in sorted(known):
             sts = live.get(("StatefulSet", f"{plan.name}-{role}-{index}"))
             want = (sts or {}).get("spec", {}).get("replicas", nodes.get(role, 0))
-            views.append(view_group(role, index, sts, by_group.get((role, index), []), want))
+            views.append(view_group(role, index, sts, by_group.get((role, index), []), want, lost))
         return views
+
+    def _lost_nodes(self, pods: list[Obj]) -> dict[str, str]:
+        """The lost nodes among those of pods that are not ready or are being deleted."""
+        names = sorted({p["spec"]["nodeName"] for p in pods if needs_node_check(p)})
+        return {n: why for n in names if (why := lost_node(self.kube.get_node(n)))}
 
     def _execute(
         self,

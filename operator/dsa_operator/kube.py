@@ -95,6 +95,15 @@ class Kube:
                 return None
             raise
 
+    def get_node(self, name: str) -> Obj | None:
+        """A Node as the API holds it, or None when it is gone."""
+        try:
+            return self.api.sanitize_for_serialization(self.core.read_node(name))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
     def patch_annotation(self, obj: Obj, key: str, value: str) -> None:
         """Set one annotation on the version of `obj` that was read (409 when it changed since)."""
         meta = obj["metadata"]

@@ -90,6 +90,7 @@ def compute_status(
     current = [g for g in groups if (g.role, g.index) in wanted]
     ready = [g for g in current if g.ready]
     failed = [g for g in current if g.evidence]
+    held = [h for g in current for h in g.held]
     unsched = [u for g in current for u in g.unschedulable]
     roles = [
         {
@@ -121,12 +122,15 @@ def compute_status(
         ),
         _condition(
             "Degraded",
-            bool(failed),
-            "GroupFailed" if failed else "NoFailures",
+            bool(failed or held),
+            "GroupFailed" if failed else ("NodeLost" if held else "NoFailures"),
             "; ".join(
-                f"{g.role}-{g.index}: {g.evidence[0].describe()}"
-                + (" (restart backing off)" if f"{g.role}-{g.index}" in backing_off else "")
-                for g in failed
+                [
+                    f"{g.role}-{g.index}: {g.evidence[0].describe()}"
+                    + (" (restart backing off)" if f"{g.role}-{g.index}" in backing_off else "")
+                    for g in failed
+                ]
+                + held
             ),
         ),
         _condition(
@@ -143,7 +147,7 @@ def compute_status(
     ]
     if all_ready:
         phase = "Ready"
-    elif failed:
+    elif failed or held:
         phase = "Degraded"
     elif unsched and not ready:
         phase = "Pending"

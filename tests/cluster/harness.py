@@ -93,11 +93,17 @@ K8S_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler",
 CONTAINERD_COMPONENTS = ("containerd", "ctr", "containerd-shim-runc-v2")
 NODE_BINARIES = ("kubelet", *CONTAINERD_COMPONENTS, "coredns")
 # With real nodes the endpoints controllers run too: Services (headless ones for DNS) get endpoints.
+# The node lifecycle controller marks a node whose kubelet stopped reporting Ready=Unknown (and its
+# pods not ready), as in any cluster; kwok renews its own nodes' Leases, so they stay Ready.
 REAL_NODE_CONTROLLERS = (
     "endpoints-controller",
     "endpointslice-controller",
     "endpointslice-mirroring-controller",
+    "node-lifecycle-controller",
 )
+# How long a node may go without a heartbeat before it is Unknown: 20 s here, so that a test of a
+# lost node waits less (Kubernetes' default is 50 s).
+NODE_MONITOR_GRACE = "20s"
 
 
 # --------------------------------------------------------------------------- versions/binaries
@@ -894,24 +900,37 @@ class Cluster:
         """Stop one control-plane process (`etcd`, `kube-apiserver`, ...) with `sig`, keep it down
         `down_for` seconds, start it again with the same flags and data (etcd keeps its data
         directory) and wait until it answers; returns the seconds until it answered again."""
-        with self._lock:
-            (proc,) = [p for p in self._procs if p.name == name]
-            self._procs.remove(proc)
         t0 = time.monotonic()
-        _kill_group(proc.popen.pid, sig)
-        try:
-            proc.popen.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.popen.pid, signal.SIGKILL)
-            proc.popen.wait(timeout=10)
+        proc = self.stop_process(name, sig)
         time.sleep(down_for)
-        self._spawn(name, proc.args, proc.env)
+        self.start_process(proc)
         probe = {
             "etcd": lambda: self._http_ok(f"http://127.0.0.1:{self.etcd_port}/health"),
             "kube-apiserver": lambda: self._https_ok(f"{self.api_url}/readyz"),
         }.get(name, lambda: True)
         self._wait(probe, name, time.monotonic() + timeout)
         return time.monotonic() - t0
+
+    def stop_process(self, name: str, sig: int = signal.SIGTERM) -> _Proc:
+        """Stop one of the cluster's processes (e.g. `kubelet-real-gpu-0`: its containers run on,
+        as when a kubelet dies); `start_process` starts it again with the same flags."""
+        with self._lock:
+            (proc,) = [p for p in self._procs if p.name == name]
+            self._procs.remove(proc)
+        _kill_group(proc.popen.pid, sig)
+        try:
+            proc.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait(timeout=10)
+        return proc
+
+    def start_process(self, proc: _Proc) -> subprocess.Popen:
+        popen = self._spawn(proc.name, proc.args, proc.env)
+        if self._real_record and proc.name.startswith(("kubelet-", "containerd-")):
+            self._real_record.pids.append(popen.pid)  # teardown ends it by PID like the first
+            self._real_record.save(self.workdir / REAL_NODES_RECORD)
+        return popen
 
     # ---- real nodes -------------------------------------------------------------------
     def _make_bridge(self) -> None:
@@ -1135,6 +1154,7 @@ class Cluster:
                 "--controllers="
                 + ",".join([*self.controllers, *(REAL_NODE_CONTROLLERS if self.real_nodes else ())]),
                 "--leader-elect=false",
+                *([f"--node-monitor-grace-period={NODE_MONITOR_GRACE}"] if self.real_nodes else []),
                 "--use-service-account-credentials=false",
                 f"--service-account-private-key-file={self.pki / 'sa.key'}",
                 f"--root-ca-file={self.pki / 'ca.crt'}",

@@ -10,6 +10,7 @@ module cordons so that nothing of it lands where no container runs.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 import urllib.request
@@ -314,3 +315,62 @@ def containers_of(cluster, ns: str) -> list[str]:
         ).stdout.split()  # fmt: skip
         found += [f"{node}/{c}" for c in out]
     return found
+
+
+def test_a_lost_node_is_reported_then_its_group_runs_elsewhere(real_cluster, refs, ns) -> None:
+    """The kubelet of the node under a one-node group dies (SIGKILL; its containers run on). Once
+    the node lifecycle controller calls the node lost, the operator restarts the group, and since
+    the pod on the lost node cannot go until the node is fenced, the DSAModel says so and how. The
+    admin's answer (the out-of-service taint) lets Kubernetes delete the pod, and the group comes
+    up on the other GPU node."""
+    doc = manifest(ns, refs["runtime"], name="lost")
+    for key in ("prefill", "decode", "router"):
+        doc["spec"].pop(key, None)
+    doc["spec"]["serving"] = {"parallelism": {"tp": 8}}
+    real_cluster.apply(doc)
+    wait_ready(real_cluster, ns, "lost")
+    (pod,) = pods(real_cluster, ns, "lost", **{labels.COMPONENT: "engine"})
+    node = pod["spec"]["nodeName"]
+    t0 = time.monotonic()
+    kubelet = real_cluster.stop_process(f"kubelet-{node}", signal.SIGKILL)
+    tainted = False
+    try:
+
+        def says_why():
+            s = status(real_cluster, ns, "lost")
+            c = next((c for c in s.get("conditions", []) if c["type"] == "Degraded"), {})
+            return s if c.get("reason") == "NodeLost" and node in c.get("message", "") else None
+
+        s = real_cluster.wait_for(
+            says_why, timeout=180, interval=1, what="the DSAModel to say the node is lost"
+        )
+        reported = time.monotonic() - t0
+        message = next(c for c in s["conditions"] if c["type"] == "Degraded")["message"]
+        assert "node.kubernetes.io/out-of-service" in message and s["phase"] == "Degraded", message
+        (group,) = s["groups"]
+        assert group["restarts"] == 1 and "which is lost" in group["lastFailure"]["reason"], group
+        real_cluster.kubectl(
+            "taint", "node", node, "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute"
+        )
+        tainted = True
+        t1 = time.monotonic()
+        wait_ready(real_cluster, ns, "lost", timeout=300)
+        (moved,) = pods(real_cluster, ns, "lost", **{labels.COMPONENT: "engine"})
+        assert moved["spec"]["nodeName"] != node
+        print(
+            f"\nFIGURE node lost (kubelet SIGKILLed, node-monitor-grace-period 20 s): the DSAModel said "
+            f"why {reported:.0f} s later; Ready on another node {time.monotonic() - t1:.0f} s after "
+            "the out-of-service taint"
+        )
+    finally:
+        if tainted:
+            real_cluster.kubectl("taint", "node", node, "node.kubernetes.io/out-of-service-", check=False)
+        real_cluster.start_process(kubelet)
+
+        def node_ready():
+            n = real_cluster.kubectl_json("get", "node", node)
+            return any(
+                c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", [])
+            )
+
+        real_cluster.wait_for(node_ready, timeout=120, interval=1, what=f"{node} Ready again")

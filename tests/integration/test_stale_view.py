@@ -140,29 +140,43 @@ class StatusLog:
         self.api, self.ns = api, ns
         self.seen: dict[str, list[dict]] = collections.defaultdict(list)
         self._w = watch.Watch()
+        self._stopped = threading.Event()
+        self.fell_behind = False
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
     def _run(self) -> None:
-        for ev in self._w.stream(
-            custom(self.api).list_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            self.ns,
-            PLURAL,
-            timeout_seconds=600,
-        ):
-            obj = ev["object"]
-            name = obj["metadata"]["name"]
-            if (
-                ev["type"] != "DELETED"
-                and obj.get("status")
-                and (not self.seen[name] or self.seen[name][-1] != obj["status"])
-            ):
-                self.seen[name].append(obj["status"])
+        """Watches from where it left off if the stream ends (a missed event would hide a write)."""
+        rv = None
+        while not self._stopped.is_set():
+            try:
+                for ev in self._w.stream(
+                    custom(self.api).list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    self.ns,
+                    PLURAL,
+                    resource_version=rv,
+                    timeout_seconds=5,
+                ):
+                    obj = ev["object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    name = obj["metadata"]["name"]
+                    status = obj.get("status") if ev["type"] != "DELETED" else None
+                    if status and (not self.seen[name] or self.seen[name][-1] != status):
+                        self.seen[name].append(status)
+            except ApiException as e:  # 410: rv too old; events in between are lost, so say so
+                if e.status == 410:
+                    self.fell_behind = True
+                    return
+                time.sleep(0.1)
+            except Exception:  # the stream broke (or the test is over): resume from rv
+                time.sleep(0.1)
 
     def stop(self) -> None:
+        self._stopped.set()
         self._w.stop()
+        self._t.join(timeout=15)
 
     def transition_time_only_writes(self) -> dict[str, int]:
         """Per model, status changes after it was first Ready that changed nothing but a
@@ -215,6 +229,7 @@ def test_at_volume_no_stale_writes(cluster, api, ns):
     finally:
         log.stop()
         op.stop()
+    assert not log.fell_behind, "the status watch missed events: the counts below would be wrong"
     only_times = log.transition_time_only_writes()
     late = _late_creates(cluster, ns)
     print(

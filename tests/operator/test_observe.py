@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dsa_operator.observe import REVISION, split_by_group, torn, view_group
+from dsa_operator.observe import REVISION, lost_node, needs_node_check, split_by_group, torn, view_group
 
 
 def pod(name, ready=True, rev="r1", restarts=0, phase="Running", term=None, unsched=None, deleting=False):
@@ -93,3 +93,53 @@ def test_a_wholly_new_incarnation_is_not_torn():
     assert not torn(frozenset({"only"}), frozenset({"only-new"}))  # a one-pod group's pod replaced
     assert not torn(frozenset({"rank0", "rank1"}), frozenset())  # every pod deleted at once
     assert not torn(frozenset(), frozenset({"rank0"}))  # nothing remembered (operator restarted)
+
+
+# ---- a lost node --------------------------------------------------------------------------------
+def on(p: dict, node: str) -> dict:
+    return {**p, "spec": {"nodeName": node}}
+
+
+NODE_LOST = {
+    "status": {
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "Unknown",
+                "reason": "NodeStatusUnknown",
+                "message": "Kubelet stopped posting node status.",
+                "lastTransitionTime": "2026-12-03T10:00:00Z",
+            }
+        ]
+    }
+}
+
+
+def test_a_node_is_lost_when_not_ready_or_gone():
+    assert lost_node({"status": {"conditions": [{"type": "Ready", "status": "True"}]}}) is None
+    why = lost_node(NODE_LOST)
+    assert "Unknown since 2026-12-03T10:00:00Z" in why and "Kubelet stopped posting" in why
+    assert lost_node(None) == "the node no longer exists"
+
+
+def test_only_unready_or_deleted_pods_send_the_operator_to_their_node():
+    assert not needs_node_check(on(pod("a"), "n1"))
+    assert needs_node_check(on(pod("a", ready=False), "n1"))
+    assert needs_node_check(on(pod("a", deleting=True), "n1"))
+    assert not needs_node_check(pod("a", ready=False))  # not scheduled: no node to read
+
+
+def test_a_pod_on_a_lost_node_fails_its_group():
+    lost = {"n1": lost_node(NODE_LOST)}
+    v = view_group("prefill", 0, STS, [on(pod("a"), "n0"), on(pod("b", ready=False), "n1")], 2, lost)
+    assert not v.ready and v.evidence[0].pod == "b"
+    assert "node n1, which is lost" in v.evidence[0].describe()
+
+
+def test_a_pod_deleted_on_a_lost_node_holds_its_group_and_says_what_frees_it():
+    lost = {"n1": lost_node(NODE_LOST)}
+    v = view_group("prefill", 0, STS, [on(pod("b", ready=False, deleting=True), "n1")], 1, lost)
+    (held,) = v.held
+    assert "pod b stays terminating on node n1" in held
+    assert "kubectl delete node n1" in held and "node.kubernetes.io/out-of-service" in held
+    assert not v.evidence  # the pod is already being deleted: nothing to restart

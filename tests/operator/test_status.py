@@ -77,3 +77,13 @@ def test_invalid_spec_status():
     s = invalid_status(PlanError([Problem("spec.serving.parallelism.tp", "bad")]), {}, 2, "t")
     assert s["phase"] == "Invalid"
     assert "spec.serving.parallelism.tp" in cond(s, "Valid")["message"]
+
+
+def test_a_group_held_by_a_lost_node_is_degraded_and_says_what_frees_it():
+    from dataclasses import replace
+
+    held = replace(gv("prefill", ready=False), held=("pod p stays terminating on node n1 (...): delete it",))
+    s = status([held, gv("decode")])
+    assert s["phase"] == "Degraded"
+    c = cond(s, "Degraded")
+    assert c["status"] == "True" and c["reason"] == "NodeLost" and "node n1" in c["message"]

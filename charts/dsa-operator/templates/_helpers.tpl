@@ -128,13 +128,18 @@ RBAC in the namespaces holding DSAModels: exactly what the operator's code does 
 Cluster-scoped reads of kopf itself: it scans and watches CustomResourceDefinitions (to
 start serving DSAModels when the CRD appears, settings.scanning) and, when watching named
 namespaces, lists/watches Namespaces to notice them come and go. Cluster-wide it needs no
-namespace reads. With webhook.tlsSource=operator: get and patch of the release's one
-ValidatingWebhookConfiguration (webhook_provision.py sets its caBundle).
+namespace reads. Nodes get (read only, by name): the node of a pod that is not ready or is
+being deleted, to tell a lost node (Kube.get_node; observe.lost_node). With
+webhook.tlsSource=operator: get and patch of the release's one ValidatingWebhookConfiguration
+(webhook_provision.py sets its caBundle).
 */}}
 {{- define "dsa-operator.clusterRules" -}}
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [get]
 {{- if and .Values.webhook.enabled (eq (include "dsa-operator.webhookTLS" .) "operator") }}
 - apiGroups: [admissionregistration.k8s.io]
   resources: [validatingwebhookconfigurations]
