@@ -53,10 +53,6 @@ PACKAGES: dict[str, str] = {
 }
 """Module -> the distribution that provides it (named in the fix)."""
 
-SPARSE_PREFILL = frozenset({"flashmla_sparse", "flashmla_auto"})
-"""Kernels whose correctness preflight checks by running `flash_mla_sparse_fwd`."""
-
-
 def arch_family(arch: str, vendor: str = "nvidia") -> str:
     """Map 'sm90', 'sm100', 'sm103', '9.0', 'gfx942' ... onto a family of ARCHS."""
     if vendor == "amd" or arch.startswith("gfx") or arch == "amd":
