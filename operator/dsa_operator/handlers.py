@@ -30,6 +30,10 @@ from dsa_operator.webhook_provision import Provision
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = 300.0
+# A watch stream that delivers nothing, not even the API server's bookmarks (about one a minute),
+# for this long is taken for dead and reopened from where it was: a connection dropped without a
+# FIN or RST is found within this bound (and a reconcile's request within kube.READ_TIMEOUT).
+WATCH_INACTIVITY_SECONDS = 70.0
 WEBHOOK_ID = "dsamodel-planner"  # also the webhook's URL path
 
 
@@ -104,6 +108,7 @@ class Loops:
                     requeue, backoff = backoff, min(backoff * 2, 60.0)
             except (urllib3.exceptions.HTTPError, OSError) as e:  # the API out of reach: retry
                 log.warning("reconcile of %s/%s: API unreachable (%s); retrying in %.0fs", *key, e, backoff)
+                self.reconciler.kube.reset_connections()
                 requeue, backoff = backoff, min(backoff * 2, 30.0)
             except Exception:  # a bug: keep the traceback, keep the loop
                 log.exception("reconcile of %s/%s failed", *key)
@@ -117,7 +122,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.peering.standalone = True  # HA is a Lease (see `dsa-operator run --leader-elect`)
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 270
-    settings.networking.request_timeout = 60
+    settings.watching.inactivity_timeout = WATCH_INACTIVITY_SECONDS
+    settings.networking.request_timeout = 30  # kopf's own requests (lists, events, patches)
     kube = Kube(load_client_config())
     if OPTIONS.webhook_port and OPTIONS.webhook_tls:
         await _provision_webhook_tls(kube, OPTIONS.webhook_tls, memo)

@@ -52,6 +52,19 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
 
 
+class _BoundedPool(urllib3.PoolManager):
+    """The Kubernetes client sends timeout=None (no limit at all) unless a call names one: give
+    every request the bounds above. A read timeout is not retried on another pooled connection
+    (which may be just as dead): the reconcile fails, Kube.reset_connections drops the pool, and
+    the next try dials afresh."""
+
+    def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> Any:
+        if kw.get("timeout") is None:
+            kw["timeout"] = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT)
+        kw.setdefault("retries", urllib3.Retry(total=3, read=0, redirect=0))
+        return super().urlopen(method, url, redirect=redirect, **kw)
+
+
 def load_client_config() -> client.ApiClient:
     """In a pod: its ServiceAccount; elsewhere: KUBECONFIG / ~/.kube/config."""
     try:
@@ -59,9 +72,11 @@ def load_client_config() -> client.ApiClient:
     except config.ConfigException:
         config.load_kube_config()
     api = client.ApiClient()
-    api.rest_client.pool_manager.connection_pool_kw["timeout"] = urllib3.Timeout(
-        connect=CONNECT_TIMEOUT, read=READ_TIMEOUT
-    )
+    pool = api.rest_client.pool_manager
+    if type(pool) is urllib3.PoolManager:  # (a proxy's ProxyManager is left as it is)
+        api.rest_client.pool_manager = _BoundedPool(**pool.connection_pool_kw)
+    else:
+        log.warning("API requests go through %s: no request timeouts", type(pool).__name__)
     return api
 
 
@@ -83,6 +98,10 @@ class Kube:
     def list(self, api_version: str, kind: str, namespace: str, selector: str) -> list[Obj]:
         items = self._res(api_version, kind).get(namespace=namespace, label_selector=selector)
         return [i.to_dict() for i in items.items]
+
+    def reset_connections(self) -> None:
+        """Close every pooled connection: after a timeout, the others may have died silently too."""
+        self.api.rest_client.pool_manager.clear()
 
     def get_model(self, namespace: str, name: str) -> Obj | None:
         """The DSAModel as the API holds it now, or None when it is gone."""

@@ -24,6 +24,8 @@ import yaml
 
 from dsa_operator import labels
 from dsa_operator.api import parse_spec
+from dsa_operator.handlers import WATCH_INACTIVITY_SECONDS
+from dsa_operator.kube import READ_TIMEOUT
 from dsa_operator.planner import plan
 from dsa_operator.render import render
 from tests.chaos.blackhole import Blackhole
@@ -85,14 +87,13 @@ def get(cluster, ns: str) -> dict:
     return cluster.kubectl_json("get", "dsamodel", NAME, "-n", ns)
 
 
-def converged(cluster, ns: str, timeout: float = 90) -> dict:
-    """Ready at the current generation: the operator has seen the last spec and it is served."""
+def converged(cluster, ns: str, timeout: float = 90, scenario: str = "") -> dict:
+    """Ready at the current generation: the operator has seen the last spec and it is served (and,
+    after a failure, the group was restarted)."""
 
     def check():
         obj = get(cluster, ns)
-        st = obj.get("status") or {}
-        ok = st.get("observedGeneration") == obj["metadata"]["generation"] and st.get("phase") == "Ready"
-        return obj if ok else None
+        return obj if is_converged(obj, scenario) else None
 
     try:
         return cluster.wait_for(check, timeout=timeout, interval=0.2, what=f"{ns}/{NAME} Ready")
@@ -100,9 +101,10 @@ def converged(cluster, ns: str, timeout: float = 90) -> dict:
         raise TimeoutError(yaml.safe_dump(get(cluster, ns).get("status"))) from None
 
 
-def is_converged(obj: dict, before: dict, scenario: str) -> bool:
-    """Whether the change was already complete when the operator was killed (then the kill tested
-    only the restart, not an interrupted reconcile; the figure says how many were interrupted)."""
+def is_converged(obj: dict, scenario: str = "") -> bool:
+    """Ready at the current generation and, after a failure, the group restarted once. Asked right
+    after the kill too: a change already complete then tested only the restart, not an interrupted
+    reconcile (the figure says how many were interrupted)."""
     st = obj.get("status") or {}
     done = st.get("observedGeneration") == obj["metadata"]["generation"] and st.get("phase") == "Ready"
     if scenario == "group-restart":
@@ -147,7 +149,11 @@ def assert_inventory(cluster, ns: str) -> None:
 
 
 def fail_rank1(cluster, ns: str, group: int) -> None:
-    cluster.set_container_terminated(ns, f"{NAME}-serving-{group}-1", exit_code=137, reason="OOMKilled")
+    """Rank 1's engine crash-loops (kwok's stage, tests/cluster/kwok-stages.yaml): its restart count
+    grows every second, as a kubelet reports a crashing container, until the pod is deleted."""
+    cluster.kubectl(
+        "label", "pod", f"{NAME}-serving-{group}-1", "-n", ns, "crash-loop.stage.dsa-operator.test=true"
+    )
 
 
 def groups_status(obj: dict) -> dict[str, dict]:
@@ -165,12 +171,13 @@ SCENARIOS = ("create", "scale", "rollout", "group-restart")
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_operator_killed_at_random_points_converges(cluster, kubeconfig, scenario):
     """RUNS // 4 runs of the scenario; in each, the operator is SIGKILLed a random time after the
-    change (0-2 s: inside its reconciles), and a fresh one must finish the job exactly once."""
+    change (0-0.8 s: on kwok nodes most changes take the operator about a second), and a fresh one
+    must finish the job exactly once."""
     rng = random.Random(f"{SEED}-{scenario}")
     runs = RUNS // len(SCENARIOS)
     results = []
     for run in range(runs):
-        delay = rng.uniform(0.0, 2.0)
+        delay = rng.uniform(0.0, 0.8)
         ns = f"k-{scenario[:5]}-{run}-{uuid.uuid4().hex[:4]}"
         cluster.kubectl("create", "namespace", ns)
         op = start(cluster, kubeconfig, f"kill-{ns}-a")
@@ -190,10 +197,10 @@ def test_operator_killed_at_random_points_converges(cluster, kubeconfig, scenari
             time.sleep(delay)
             op.stop(signal.SIGKILL)
             t0 = time.monotonic()
-            midway = not is_converged(get(cluster, ns), before, scenario)
+            midway = not is_converged(get(cluster, ns), scenario)
             again = start(cluster, kubeconfig, f"kill-{ns}-b")
             try:
-                obj = converged(cluster, ns)
+                obj = converged(cluster, ns, scenario=scenario)
                 took = time.monotonic() - t0
                 assert_inventory(cluster, ns)
                 after = by_group(cluster, ns)
@@ -312,7 +319,9 @@ def test_apiserver_and_etcd_restarts_mid_rollout(cluster, kubeconfig, ns):
 
 
 # ---- a watch dropped silently ---------------------------------------------------------------------
-WATCH_BOUND = 70 + 30 + 10  # kopf's inactivity timeout, our read timeout, one retry and a reconcile
+# The watch's inactivity bound, then a reconcile whose pooled connection is dead too (its read
+# timeout), then a retry and the reconcile itself.
+WATCH_BOUND = WATCH_INACTIVITY_SECONDS + READ_TIMEOUT + 10
 
 
 def test_a_silently_dropped_connection_is_detected_and_resumed(cluster, kubeconfig, ns):
@@ -342,7 +351,7 @@ def test_a_silently_dropped_connection_is_detected_and_resumed(cluster, kubeconf
         converged(cluster, ns)
         print(
             f"\nFIGURE {dropped} connections dropped silently: the lost pod's group restarted "
-            f"after {took:.1f} s (bound {WATCH_BOUND} s)"
+            f"after {took:.1f} s (bound {WATCH_BOUND:.0f} s)"
         )
         assert took < WATCH_BOUND, took
     finally:
