@@ -35,13 +35,16 @@ images: venv
 test-unit: venv
 	$(PYTHON) -m pytest tests/operator $(PYTEST_ARGS)
 
-# Everything: unit, SGLang real-parser, runtime, control-plane integration.
+# Everything: unit, SGLang real-parser, runtime, control-plane integration, fault injection (one
+# kill run per scenario here; `make chaos` runs 20 for its figures).
+test: export DSA_CHAOS_RUNS ?= 4
 test: venv lint sglang-envs cluster-bins
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
 
 # Fault injection alone, its figures shown (also part of `make test`): the operator SIGKILLed at
 # random points (DSA_CHAOS_RUNS, DSA_CHAOS_SEED), a leader failover, kube-apiserver and etcd
 # restarts, a silently dropped connection. Figures: docs/benchmarks.md.
+chaos: export DSA_CHAOS_RUNS ?= 20
 chaos: venv cluster-bins
 	$(PYTHON) -m pytest tests/chaos -s -p no:cacheprovider $(PYTEST_ARGS)
 

@@ -329,7 +329,7 @@ def _state(v: GroupView, seen: group_record.Observed) -> rollout.GroupState:
         role=v.role,
         index=v.index,
         exists=v.exists,
-        outdated=v.outdated,
+        outdated=seen.outdated,
         ready=v.ready,
         failed=seen.failed,
         restarting=seen.restarting,

@@ -132,6 +132,7 @@ class Observed:
     failed: bool  # some pod failed, or the last whole incarnation was torn
     restarting: bool  # pods the operator deleted are not all replaced (and ready, or failed) yet
     unfinished: frozenset[str]  # pods recorded for deletion that still live: delete them (again)
+    outdated: bool  # pods run an older template, not counting those on their way out (unfinished)
 
 
 def observe(record: GroupRecord, view: GroupView, now: float) -> Observed:
@@ -152,7 +153,9 @@ def observe(record: GroupRecord, view: GroupView, now: float) -> Observed:
             record = replace(record, incarnation=view.uids, ready_since=now)
         if record.failures and now - (record.ready_since or now) > STEADY_AFTER:
             record = replace(record, failures=0)
-    return Observed(record, failed, restarting, unfinished)
+    # Pods recorded for deletion are the restart in flight, not a template to roll again: counting
+    # them would make a resumed operator restart (and announce) the same rollout restart twice.
+    return Observed(record, failed, restarting, unfinished, view.outdated and not unfinished)
 
 
 def restarted(record: GroupRecord, view: GroupView, reason: str, now: float) -> GroupRecord:

@@ -53,6 +53,7 @@ PACKAGES: dict[str, str] = {
 }
 """Module -> the distribution that provides it (named in the fix)."""
 
+
 def arch_family(arch: str, vendor: str = "nvidia") -> str:
     """Map 'sm90', 'sm100', 'sm103', '9.0', 'gfx942' ... onto a family of ARCHS."""
     if vendor == "amd" or arch.startswith("gfx") or arch == "amd":

@@ -4,6 +4,7 @@ and the decisions it takes from it (the same as the operator that wrote it would
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -45,7 +46,7 @@ def decide(record: G.GroupRecord, v: GroupView, now: float) -> tuple[G.Observed,
         "prefill",
         0,
         True,
-        False,
+        seen.outdated,
         v.ready,
         seen.failed,
         seen.restarting,
@@ -70,7 +71,9 @@ uid_sets = st.frozensets(st.uuids().map(str), max_size=8)
     last=st.none() | times,
     since=st.none() | times,
     failure=st.none()
-    | st.builds(G.Failure, times, st.text(max_size=40), st.text(max_size=80), st.none() | st.integers(0, 255)),
+    | st.builds(
+        G.Failure, times, st.text(max_size=40), st.text(max_size=80), st.none() | st.integers(0, 255)
+    ),
 )
 def test_a_record_reads_back_as_written(incarnation, restarting, failures, restarts, last, since, failure):
     r = G.GroupRecord(incarnation, restarting, failures, restarts, last, since, failure)
@@ -168,3 +171,17 @@ def test_the_report_is_camel_case_without_nulls():
     assert out["lastFailure"]["reason"] == "replaced by a new pod"
     assert "exitCode" not in out["lastFailure"]
     json.dumps(out)
+
+
+def test_a_rollout_restart_resumed_by_a_new_operator_is_not_restarted_again():
+    """Killed after recording a rollout restart, before deleting the old pods: those pods run the
+    old template, but they are the restart in flight, so the next operator finishes deleting them
+    and restarts (and announces) nothing more."""
+    old = replace(view({"a", "b"}), outdated=True)
+    record = G.restarted(G.observe(G.GroupRecord(), view({"a", "b"}), T0).record, old, "rollout", T0 + 1)
+    seen, actions = decide(through_api(record), old, T0 + 2)
+    assert seen.unfinished == {"a", "b"} and not seen.outdated and seen.restarting
+    assert not any(isinstance(a, rollout.RestartGroup) for a in actions)
+    # Once they are gone and the new pods (current template) come up, the restart is over.
+    done = G.observe(seen.record, view({"c", "d"}), T0 + 5)
+    assert not done.restarting and not done.outdated and done.record.incarnation == {"c", "d"}
