@@ -304,62 +304,17 @@ def test_helm_test_script_passes(cluster, ops) -> None:
     assert "refuses an invalid DSAModel" in r.stdout
 
 
-def test_operator_without_a_rule_fails_loudly(cluster, ops) -> None:
-    """The chart's ClusterRole minus `patch dsamodels/status`: the operator logs the 403."""
-    ops.stop()
-    role = cluster.kubectl_json("get", "clusterrole", "ops-dsa-operator")
-    rules = [r for r in role["rules"] if r["resources"] != ["dsamodels/status"]]
-    assert len(rules) == len(role["rules"]) - 1
-    broken = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": "ops-broken"},
-        "rules": rules,
-    }
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": "ops-broken"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "ops-broken"},
-        "subjects": [{"kind": "ServiceAccount", "name": "broken", "namespace": "ops-system"}],
-    }
-    cluster.apply([broken, binding])
-    op = Operator(
-        cluster, cluster.sa_kubeconfig("ops-system", "broken"), "broken-operator", webhook=True, managed=False
-    )
-    op.start()
-    try:
-        op.wait_healthy()
-        repoint_webhook(cluster, "ops-dsa-operator", op)
-        ns = model_ns(cluster)
-        cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "03-pure-tp.yaml"))
-
-        def forbidden() -> bool:
-            logs = op.logs()
-            return f"reconcile of {ns}/dsv32-exp-tp" in logs and "403" in logs and "Forbidden" in logs
-
-        cluster.wait_for(forbidden, timeout=60, what="a logged 403 (Forbidden) on the status patch")
-        obj = cluster.kubectl_json("get", "dsamodel", "dsv32-exp-tp", "-n", ns)
-        assert "phase" not in (obj.get("status") or {}), obj.get("status")
-    finally:
-        op.stop()
-        cluster.kubectl("delete", "clusterrolebinding,clusterrole", "ops-broken", check=False)
-
-
-def _ensure_yaml_used() -> None:  # keep the import for readers of manifests in failures
-    yaml.safe_dump({})
-
-
 # ---- least privilege, shown -------------------------------------------------------------------
 # (verb, resource, where, expected): where is "model" (a namespace holding DSAModels), "release"
-# (the chart's namespace), "all" (--all-namespaces) or "cluster" (cluster-scoped).
+# (the chart's namespace), "all" (--all-namespaces) or "cluster" (cluster-scoped); resource/NAME
+# names one object, resource#SUB a subresource.
 OPERATOR_MATRIX = [
     *[(v, "dsamodels.serving.dsa.dev", "all", "yes") for v in ("get", "list", "watch")],
-    ("patch", "dsamodels.serving.dsa.dev/status", "model", "yes"),
+    ("patch", "dsamodels.serving.dsa.dev#status", "model", "yes"),
     *[(v, "dsamodels.serving.dsa.dev", "model", "no") for v in ("create", "update", "patch", "delete")],
     *[(v, "pods", "model", "yes") for v in ("list", "watch", "delete", "deletecollection")],
     *[(v, "pods", "model", "no") for v in ("create", "update", "patch")],
-    ("create", "pods/exec", "model", "no"),
+    ("create", "pods#exec", "model", "no"),
     *[(v, r, "model", "yes") for r in ("statefulsets.apps", "deployments.apps") for v in ("create", "patch")],
     *[(v, "secrets", w, "no") for v in ("get", "list", "watch", "create") for w in ("model", "all")],
     # webhook.tlsSource=helm (the default): the kubelet mounts the TLS Secret; the operator reads none.
@@ -416,10 +371,60 @@ def test_least_privilege_matrix(cluster, ops) -> None:
         (f"system:serviceaccount:{ns}:{router}", ROUTER_MATRIX),
     ):
         for verb, resource, scope, want in matrix:
-            got = cluster.kubectl("auth", "can-i", verb, resource, *where[scope], f"--as={who}", check=False)
+            res, _, sub = resource.partition("#")
+            extra = (f"--subresource={sub}",) if sub else ()
+            got = cluster.kubectl(
+                "auth", "can-i", verb, res, *extra, *where[scope], f"--as={who}", check=False
+            )
             answer = got.stdout.strip() or got.stderr.strip()
             lines.append(f"{who.rsplit(':', 1)[1]:<22} {verb:<17} {resource:<52} {scope:<8} {answer}")
             if answer != want:
                 wrong.append((who, verb, resource, scope, want, answer))
     print("\nFIGURE least-privilege matrix (kubectl auth can-i):\n" + "\n".join(lines))
     assert wrong == []
+
+
+def test_operator_without_a_rule_fails_loudly(cluster, ops) -> None:
+    """The chart's ClusterRole minus `patch dsamodels/status`: the operator logs the 403."""
+    ops.stop()
+    role = cluster.kubectl_json("get", "clusterrole", "ops-dsa-operator")
+    rules = [r for r in role["rules"] if r["resources"] != ["dsamodels/status"]]
+    assert len(rules) == len(role["rules"]) - 1
+    broken = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "ops-broken"},
+        "rules": rules,
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "ops-broken"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "ops-broken"},
+        "subjects": [{"kind": "ServiceAccount", "name": "broken", "namespace": "ops-system"}],
+    }
+    cluster.apply([broken, binding])
+    op = Operator(
+        cluster, cluster.sa_kubeconfig("ops-system", "broken"), "broken-operator", webhook=True, managed=False
+    )
+    op.start()
+    try:
+        op.wait_healthy()
+        repoint_webhook(cluster, "ops-dsa-operator", op)
+        ns = model_ns(cluster)
+        cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "03-pure-tp.yaml"))
+
+        def forbidden() -> bool:
+            logs = op.logs()
+            return f"reconcile of {ns}/dsv32-exp-tp" in logs and "403" in logs and "Forbidden" in logs
+
+        cluster.wait_for(forbidden, timeout=60, what="a logged 403 (Forbidden) on the status patch")
+        obj = cluster.kubectl_json("get", "dsamodel", "dsv32-exp-tp", "-n", ns)
+        assert "phase" not in (obj.get("status") or {}), obj.get("status")
+    finally:
+        op.stop()
+        cluster.kubectl("delete", "clusterrolebinding,clusterrole", "ops-broken", check=False)
+
+
+def _ensure_yaml_used() -> None:  # keep the import for readers of manifests in failures
+    yaml.safe_dump({})
