@@ -132,7 +132,12 @@ def test_rbac_is_exact_and_without_wildcards() -> None:
         for v in rule["verbs"]
     }
     assert ("serving.dsa.dev", "dsamodels/status", "patch") in grants
-    assert ("", "pods", "deletecollection") in grants and ("", "pods", "delete") not in grants
+    # A group restarts as a whole (deletecollection); a restart recorded before the operator died is
+    # finished pod by pod, by uid (delete). Pods are never created, updated or patched.
+    assert ("", "pods", "deletecollection") in grants and ("", "pods", "delete") in grants
+    assert not {("", "pods", v) for v in ("create", "update", "patch")} & grants
+    # Nodes: read one by name (a pod's node, to tell a lost node), never list or change them.
+    assert {v for g, r, v in grants if (g, r) == ("", "nodes")} == {"get"}
     assert ("", "namespaces", "list") not in grants  # cluster-wide kopf does not scan namespaces
     assert ("", "secrets", "get") not in {(g, r, v) for g, r, v in grants}
     for group, resource in (
@@ -153,6 +158,7 @@ def test_watch_namespaces_use_roles() -> None:
     assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
         "customresourcedefinitions",
         "namespaces",
+        "nodes",
     }
     roles = {o["metadata"]["namespace"] for o in find(objs, "Role", "dsa-operator")}
     bindings = {o["metadata"]["namespace"] for o in find(objs, "RoleBinding", "dsa-operator")}
