@@ -93,8 +93,14 @@ def flash_mla_kernel(use_legacy: bool) -> Kernel:
     return run
 
 
-def time_ms(fn: Callable[[], Any], device: str, warmup: int = 3, iters: int = 20) -> float:
-    """Median of device-event timings after warm-up (host clock on the CPU)."""
+def time_ms(
+    fn: Callable[[], Any], device: str, warmup: int = 3, iters: int = 20, flush_bytes: int = 0
+) -> float:
+    """Median of device-event timings after warm-up (host clock on the CPU).
+
+    With `flush_bytes`, a buffer that size is written before each timed call, outside the timed
+    region: the call starts with a cold L2, as one layer's does after the other 60 layers ran.
+    The flush also keeps the GPU busy while the host queues the call, so launch gaps stay out."""
     import statistics
     import time
 
@@ -102,8 +108,11 @@ def time_ms(fn: Callable[[], Any], device: str, warmup: int = 3, iters: int = 20
         fn()
     samples = []
     if device.startswith("cuda"):
+        flush = torch.empty(flush_bytes, dtype=torch.uint8, device=device) if flush_bytes else None
         torch.cuda.synchronize()
         for _ in range(iters):
+            if flush is not None:
+                flush.fill_(iters & 0xFF)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()

@@ -29,9 +29,7 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -39,7 +37,7 @@ from typing import Any
 import torch
 
 from dsa_runtime.accuracy import BF16_TOLERANCE
-from dsa_runtime.sparse_check import compare_tensors
+from dsa_runtime.sparse_check import compare_tensors, time_ms
 
 D_NOPE = 512
 D_ROPE = 64
@@ -248,37 +246,6 @@ def flash_mla_decode_kernel(use_legacy: bool = True) -> DecodeKernel:
         return out
 
     return run
-
-
-def time_ms(
-    fn: Callable[[], Any], device: str, warmup: int = 3, iters: int = 20, flush_bytes: int = 0
-) -> float:
-    """Median of device-event timings after warm-up (host clock on the CPU).
-
-    With `flush_bytes`, a buffer that size is written before each timed call, outside the timed
-    region: the call starts with a cold L2, as one layer's does after the other 60 layers ran.
-    The flush also keeps the GPU busy while the host queues the call, so launch gaps stay out."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    if device.startswith("cuda"):
-        flush = torch.empty(flush_bytes, dtype=torch.uint8, device=device) if flush_bytes else None
-        torch.cuda.synchronize()
-        for _ in range(iters):
-            if flush is not None:
-                flush.fill_(iters & 0xFF)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
 
 
 L2_FLUSH_BYTES = 256 * 2**20  # over 4x the H200's 50 MB L2
