@@ -100,14 +100,19 @@ class _Pass:
         existing_sts = {n for (k, n) in live if k == "StatefulSet"}
         for obj in desired:
             grp = obj["metadata"].get("labels", {}).get(labels.GROUP)
-            sts_name = f"{plan.name}-{obj['metadata']['labels'].get(labels.ROLE)}-{grp}" if grp else None
+            sts_name = _sts_name(plan.name, obj["metadata"]["labels"].get(labels.ROLE), grp) if grp else None
             if sts_name is None or sts_name in existing_sts:
                 self._apply_if_changed(obj, live)
 
         pods = self.kube.list("v1", "Pod", ns, _selector({labels.MODEL: plan.name}))
         views = self._views(plan, live, pods)
         now = self.clock()
-        stored = {(v.role, v.index): group_record.decode(live.get(_sts_key(plan.name, v))) for v in views}
+        stored = {
+            (v.role, v.index): group_record.decode(
+                live.get(("StatefulSet", _sts_name(plan.name, v.role, v.index)))
+            )
+            for v in views
+        }
         seen = {(v.role, v.index): group_record.observe(stored[(v.role, v.index)], v, now) for v in views}
         states = [_state(v, seen[(v.role, v.index)]) for v in views]
         wanted = rollout.Desired(
@@ -116,8 +121,8 @@ class _Pass:
         )
         actions = rollout.enforce_bounds(states, wanted, rollout.next_step(states, wanted, now))
         log.debug("%s/%s groups %s -> actions %s", ns, name, states, actions)
-        records = {k: o.record for k, o in seen.items()}
-        requeue = self._execute(model, plan.name, actions, views, desired, live, seen, records, stored, now)
+        records = self._record(plan.name, actions, views, live, seen, stored, now)
+        requeue = self._execute(model, plan.name, actions, views, desired, live, seen, pods)
         self._collect_garbage(plan.name, ns, desired, live, pods)
 
         rolling = sorted(
@@ -128,13 +133,11 @@ class _Pass:
             }
             | {f"{s.role}-{s.index}" for s in states if s.restarting and s.outdated}
         )
+        restarted = {(a.role, a.index) for a in actions if isinstance(a, rollout.RestartGroup)}
         waiting = {
-            f"{s.role}-{s.index}": records[s.key].last_restart + rollout.backoff_seconds(s.failures)
+            f"{s.role}-{s.index}": due
             for s in states
-            if s.failed
-            and s.failures
-            and records[s.key].last_restart is not None
-            and not any(isinstance(a, rollout.RestartGroup) and (a.role, a.index) == s.key for a in actions)
+            if s.failed and s.key not in restarted and (due := rollout.restart_due(s)) is not None
         }
         router = live.get(("Deployment", plan.router.deployment)) if plan.router else None
         router_ready = None if plan.router is None else bool(router) and _ready_replicas(router) >= 1
@@ -171,7 +174,7 @@ class _Pass:
         lost = self._lost_nodes(pods)
         views = []
         for role, index in sorted(known):
-            sts = live.get(("StatefulSet", f"{plan.name}-{role}-{index}"))
+            sts = live.get(("StatefulSet", _sts_name(plan.name, role, index)))
             want = (sts or {}).get("spec", {}).get("replicas", nodes.get(role, 0))
             views.append(view_group(role, index, sts, by_group.get((role, index), []), want, lost))
         return views
@@ -180,6 +183,33 @@ class _Pass:
         """The lost nodes among those of pods that are not ready or are being deleted."""
         names = sorted({p["spec"]["nodeName"] for p in pods if needs_node_check(p)})
         return {n: why for n in names if (why := lost_node(self.kube.get_node(n)))}
+
+    def _record(
+        self,
+        name: str,
+        actions: list,
+        views: list[GroupView],
+        live: dict,
+        seen: dict[tuple[str, int], group_record.Observed],
+        stored: dict[tuple[str, int], GroupRecord],
+        now: float,
+    ) -> dict[tuple[str, int], GroupRecord]:
+        """Each group's record brought up to date with this look and the restarts about to be made,
+        and written where it changed: before any pod is deleted (write-ahead), so a crash in
+        between leaves a recorded restart whose pods still live, which the next reconcile deletes."""
+        by_key = {(v.role, v.index): v for v in views}
+        records = {k: o.record for k, o in seen.items()}
+        for a in actions:
+            if isinstance(a, rollout.RestartGroup):
+                key = (a.role, a.index)
+                records[key] = group_record.restarted(records[key], by_key[key], a.reason, now)
+        removed = {(a.role, a.index) for a in actions if isinstance(a, rollout.DeleteGroup)}
+        for key, record in records.items():
+            sts = live.get(("StatefulSet", _sts_name(name, *key)))
+            if sts is not None and key not in removed and record != stored[key]:
+                self._alive()
+                self.kube.patch_annotation(sts, group_record.ANNOTATION, group_record.encode(record))
+        return records
 
     def _execute(
         self,
@@ -190,30 +220,20 @@ class _Pass:
         desired: list[Obj],
         live: dict,
         seen: dict[tuple[str, int], group_record.Observed],
-        records: dict[tuple[str, int], GroupRecord],
-        stored: dict[tuple[str, int], GroupRecord],
-        now: float,
+        pods: list[Obj],
     ) -> float | None:
-        """Carry out the rollout planner's actions; returns the soonest requeue a Wait asks for.
-
-        A group's record is written before its pods are deleted (write-ahead): a crash in between
-        leaves a recorded restart whose pods still live, which the next reconcile deletes."""
+        """Carry out the rollout planner's actions, and finish restarts recorded but not carried out;
+        returns the soonest requeue a Wait asks for."""
         ns = model["metadata"]["namespace"]
         by_key = {(v.role, v.index): v for v in views}
-        restarts = {(a.role, a.index): a for a in actions if isinstance(a, rollout.RestartGroup)}
-        for key, action in restarts.items():
-            records[key] = group_record.restarted(records[key], by_key[key], action.reason, now)
-        removed = {(a.role, a.index) for a in actions if isinstance(a, rollout.DeleteGroup)}
-        for key, record in records.items():
-            sts = live.get(_sts_key(name, by_key[key]))
-            if sts is not None and key not in removed and record != stored[key]:
-                self._alive()
-                self.kube.patch_annotation(sts, group_record.ANNOTATION, group_record.encode(record))
+        restarts = {(a.role, a.index) for a in actions if isinstance(a, rollout.RestartGroup)}
+        pod_names = {p["metadata"]["uid"]: p["metadata"]["name"] for p in pods}
         for key, obs in seen.items():
             if obs.unfinished and key not in restarts:  # a restart recorded, its delete not done
                 log.info("finishing the recorded restart of %s-%s", *key)
-                self._alive()
-                self.kube.delete_pods_by_uid(ns, _group_pods(name, *key), obs.unfinished)
+                for uid in sorted(obs.unfinished):
+                    self._alive()
+                    self.kube.delete_pod(ns, pod_names[uid], uid)
 
         requeue: float | None = None
         for action in actions:
@@ -269,7 +289,7 @@ class _Pass:
         )
 
     def _delete_group(self, model: str, ns: str, role: str, index: int, live: dict) -> None:
-        name = f"{model}-{role}-{index}"
+        name = _sts_name(model, role, index)
         self.kube.delete("apps/v1", "StatefulSet", ns, name)
         self.kube.delete("v1", "Service", ns, name)
         for kind, n in list(live):
@@ -294,7 +314,7 @@ class _Pass:
             if kind == "ConfigMap" and lbl.get(labels.COMPONENT) == "plan":
                 stale = name not in in_use
             elif labels.GROUP in lbl:
-                stale = f"{model}-{lbl.get(labels.ROLE)}-{lbl[labels.GROUP]}" not in groups
+                stale = _sts_name(model, lbl.get(labels.ROLE), lbl[labels.GROUP]) not in groups
             else:
                 stale = True
             if stale:
@@ -316,8 +336,9 @@ def _key(model: Obj) -> tuple[str, str]:
     return model["metadata"]["namespace"], model["metadata"]["name"]
 
 
-def _sts_key(model: str, v: GroupView) -> tuple[str, str]:
-    return ("StatefulSet", f"{model}-{v.role}-{v.index}")
+def _sts_name(model: str, role: str, index: int | str) -> str:
+    """A group's StatefulSet (and headless Service): as commands.statefulset_name names it."""
+    return f"{model}-{role}-{index}"
 
 
 def _group_pods(model: str, role: str, index: int) -> str:

@@ -60,6 +60,11 @@ def _iso(t: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _iso_seconds(t: float) -> str:
+    """As status shows times elsewhere (conditions): whole seconds."""
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _epoch(s: Any) -> float | None:
     if not isinstance(s, str):
         return None
@@ -179,15 +184,15 @@ def report(record: GroupRecord, backoff_until: float | None) -> dict[str, Any]:
     """The group's entry in status.groups (camelCase, no nulls)."""
     out: dict[str, Any] = {"restarts": record.restarts, "failuresInARow": record.failures}
     if record.last_restart is not None:
-        out["lastRestartTime"] = _iso(record.last_restart)[:19] + "Z"
+        out["lastRestartTime"] = _iso_seconds(record.last_restart)
     if backoff_until is not None:
-        out["nextRestartAfter"] = _iso(backoff_until)[:19] + "Z"
+        out["nextRestartAfter"] = _iso_seconds(backoff_until)
     if record.last_failure is not None:
         f = record.last_failure
         out["lastFailure"] = {
             k: v
             for k, v in {
-                "time": _iso(f.time)[:19] + "Z",
+                "time": _iso_seconds(f.time),
                 "pod": f.pod,
                 "reason": f.reason,
                 "exitCode": f.exit_code,

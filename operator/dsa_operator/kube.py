@@ -153,18 +153,16 @@ class Kube:
         """All pods of a group at once: one NCCL world goes down together."""
         self.core.delete_collection_namespaced_pod(namespace, label_selector=selector)
 
-    def delete_pods_by_uid(self, namespace: str, selector: str, uids: frozenset[str]) -> None:
-        """The selected pods with these uids (a successor of the same name is spared)."""
-        for pod in self.core.list_namespaced_pod(namespace, label_selector=selector).items:
-            if pod.metadata.uid in uids:
-                with contextlib.suppress(NotFoundError, ApiException):
-                    self.core.delete_namespaced_pod(
-                        pod.metadata.name,
-                        namespace,
-                        body=client.V1DeleteOptions(
-                            preconditions=client.V1Preconditions(uid=pod.metadata.uid)
-                        ),
-                    )
+    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """This pod if it is still the one with this uid (a successor of the same name is spared);
+        one already gone is fine."""
+        try:
+            self.core.delete_namespaced_pod(
+                name, namespace, body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+            )
+        except ApiException as e:
+            if e.status not in (404, 409):  # 409: the uid precondition failed, a successor stands
+                raise
 
     def event(self, model: Obj, kind: str, reason: str, message: str) -> None:
         """An Event on the DSAModel (`kubectl describe dsamodel` shows it)."""

@@ -67,7 +67,7 @@ class GroupState:
     failed: bool  # some pod restarted, failed, or disappeared since the group was last whole
     restarting: bool  # the operator deleted its pods and they are not all back (ready) yet
     failures: int = 0  # consecutive failure-restarts (for backoff)
-    last_restart: float | None = None  # when the operator last restarted it (caller's monotonic clock, s)
+    last_restart: float | None = None  # when the operator last restarted it (caller's clock, s)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -135,6 +135,13 @@ def backoff_seconds(failures: int) -> float:
     return min(BACKOFF_BASE * 2 ** min(failures - 1, 16), BACKOFF_CAP)
 
 
+def restart_due(g: GroupState) -> float | None:
+    """When a failed group may next be restarted (the caller's clock), or None when at once."""
+    if g.failures <= 0 or g.last_restart is None:
+        return None
+    return g.last_restart + backoff_seconds(g.failures)
+
+
 def _name(role: str, index: int) -> str:
     return f"{role}-{index}"
 
@@ -172,9 +179,8 @@ def next_step(groups: list[GroupState], desired: Desired, now: float) -> list[Ac
     members = [by_key[k] for k in wanted if k in by_key]
     failed = [g for g in members if g.failed and not g.restarting]
     for g in failed:
-        wait = 0.0
-        if g.failures > 0 and g.last_restart is not None:
-            wait = backoff_seconds(g.failures) - (now - g.last_restart)
+        due = restart_due(g)
+        wait = 0.0 if due is None else due - now
         if wait <= 0:
             actions.append(RestartGroup(g.role, g.index, "failure"))
         else:

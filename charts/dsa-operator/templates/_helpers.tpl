@@ -85,7 +85,7 @@ RBAC in the namespaces holding DSAModels: exactly what the operator's code does 
   - dsamodels/finalizers update: children carry ownerReferences with blockOwnerDeletion=true;
     clusters running the OwnerReferencesPermissionEnforcement admission plugin require it.
   - pods list/watch: kopf's pod event handler and Kube.list; deletecollection:
-    Kube.delete_pods (a group restarts as a whole); delete: Kube.delete_pods_by_uid (finishing a
+    Kube.delete_pods (a group restarts as a whole); delete: Kube.delete_pod (finishing a
     restart recorded before the operator died); get: the router Role the operator creates
     grants pods get/list/watch, and RBAC only lets it create (and bind) a Role whose rights it
     holds itself (no escalate/bind).
