@@ -19,8 +19,11 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-crd: venv  ## regenerate crds/ from the API model
+crd: venv  ## regenerate crds/ from the API models, and the chart's copies and deploy/
 	$(VENV)/bin/dsa-operator crd > crds/serving.dsa.dev_dsamodels.yaml
+	$(VENV)/bin/dsa-operator crd --kind DSAEvaluation > crds/serving.dsa.dev_dsaevaluations.yaml
+	cp crds/*.yaml charts/dsa-operator/crds/
+	bash charts/render-deploy.sh
 
 sglang-envs: venv  ## install the pinned SGLang releases' parsers (cached)
 	$(PYTHON) tests/sglang_compat/envs.py ensure all

@@ -328,10 +328,25 @@ class StorageSpec(Base):
     shm_size: str = Field("64Gi", description="Size of /dev/shm (a memory emptyDir).")
 
 
+class RolloutGateSpec(Base):
+    """A canary: the rollout's first group must pass an accuracy evaluation before the others follow."""
+
+    evaluation: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="A DSAEvaluation in this namespace: its suite, settings, reference and tolerance "
+        "are run against the first updated group's rank 0 alone, not the shared endpoint.",
+    )
+
+
 class RolloutSpec(Base):
     """How spec changes reach running groups."""
 
     max_unavailable_groups: int = Field(1, ge=1, description="Groups restarted at once during a rollout.")
+    gate: RolloutGateSpec | None = Field(
+        None, description="Hold the rollout after its first group until that group passes an evaluation."
+    )
 
 
 class DSAModelSpec(Base):

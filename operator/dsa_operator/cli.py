@@ -153,11 +153,15 @@ def rules_cmd(
 
 
 @app.command("crd")
-def crd_cmd() -> None:
-    """Print the DSAModel CustomResourceDefinition (the source of crds/)."""
-    from dsa_operator.crd import crd_yaml
+def crd_cmd(
+    kind: Annotated[str, typer.Option(help="DSAModel or DSAEvaluation.")] = "DSAModel",
+) -> None:
+    """Print a CustomResourceDefinition (the source of crds/)."""
+    from dsa_operator.crd import CRDS, crd_yaml
 
-    typer.echo(crd_yaml(), nl=False)
+    if kind not in CRDS:
+        _fail(f"--kind: one of {', '.join(CRDS)}, not {kind!r}")
+    typer.echo(crd_yaml(kind), nl=False)
 
 
 @app.command("run")

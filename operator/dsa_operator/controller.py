@@ -19,9 +19,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from dsa_operator import group_record, labels, rollout
+from dsa_operator import canary, group_record, labels, rollout
 from dsa_operator.api import parse_spec
 from dsa_operator.errors import PlanError
+from dsa_operator.evaluation import PLURAL as EVALUATION_PLURAL
+from dsa_operator.evaluation_job import CANARY_OF, RESULT, pods_by_job
 from dsa_operator.group_record import GroupRecord
 from dsa_operator.kube import CHILD_KINDS, Kube
 from dsa_operator.observe import Evidence, GroupView, lost_node, needs_node_check, split_by_group, view_group
@@ -119,6 +121,12 @@ class _Pass:
             replicas={r.role: r.replicas for r in plan.roles},
             max_unavailable_groups=spec.rollout.max_unavailable_groups,
         )
+        gate = None
+        if spec.rollout.gate is not None:
+            gate = self._gate(
+                model, plan, spec.rollout.gate.evaluation, rollout.canary_of(states, wanted), views
+            )
+            wanted = replace(wanted, gate=gate)
         actions = rollout.enforce_bounds(states, wanted, rollout.next_step(states, wanted, now))
         log.debug("%s/%s groups %s -> actions %s", ns, name, states, actions)
         records = self._record(plan.name, actions, views, live, seen, stored, now)
@@ -150,6 +158,7 @@ class _Pass:
             old_status,
             generation,
             _now_iso(),
+            gate=None if gate is None else canary.condition(gate),
         )
         status["groups"] = [
             {
@@ -161,6 +170,43 @@ class _Pass:
         ]
         self._write_status(model, old_status, status)
         return requeue
+
+    def _gate(
+        self, model: Obj, plan, evaluation: str, group: rollout.GroupState | None, views: list[GroupView]
+    ) -> rollout.Gate:
+        """The canary gate: its Job started, its verdict read and recorded (canary.decide_gate)."""
+        ns = plan.namespace
+        uid = model["metadata"].get("uid")
+        jobs = [
+            j
+            for j in self.kube.list("batch/v1", "Job", ns, f"{CANARY_OF}={plan.name}")
+            if any(r.get("uid") == uid for r in j["metadata"].get("ownerReferences") or [])
+        ]
+        revision = None
+        if group is not None:
+            revision = next((v.revision for v in views if (v.role, v.index) == group.key), None)
+        ev = (
+            self.kube.get_custom(EVALUATION_PLURAL, ns, evaluation)
+            if group is not None and group.ready
+            else None
+        )
+        pods = {}
+        if jobs:
+            pods = pods_by_job(self.kube.list("v1", "Pod", ns, f"{CANARY_OF}={plan.name}"))
+        d = canary.decide_gate(model, plan, group, revision, evaluation, ev, jobs, pods)
+        for name in d.delete:
+            self._alive()
+            self.kube.delete("batch/v1", "Job", ns, name)
+        if d.create is not None:
+            self._alive()
+            self.kube.apply(d.create)
+        if d.record is not None:
+            self._alive()
+            self.kube.patch_annotation(d.record[0], RESULT, d.record[1])
+        for kind, reason, message in d.events:
+            self._alive()
+            self.kube.event(model, kind, reason, message)
+        return d.gate
 
     def _views(self, plan, live: dict, pods: list[Obj]) -> list[GroupView]:
         """Every group the plan wants or a StatefulSet still holds, as its pods show it."""

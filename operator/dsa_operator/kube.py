@@ -105,13 +105,26 @@ class Kube:
 
     def get_model(self, namespace: str, name: str) -> Obj | None:
         """The DSAModel as the API holds it now, or None when it is gone."""
+        return self.get_custom(PLURAL, namespace, name)
+
+    def get_custom(self, plural: str, namespace: str, name: str) -> Obj | None:
+        """One of our custom objects (dsamodels, dsaevaluations) as the API holds it now, or None."""
         try:
             return client.CustomObjectsApi(self.api).get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name
+                GROUP, VERSION, namespace, plural, name
             )
         except ApiException as e:
             if e.status == 404:
                 return None
+            raise
+
+    def pod_log_tail(self, namespace: str, name: str, lines: int) -> str:
+        """The last lines of a pod's log ("" when it has none yet): an evaluation's progress."""
+        try:
+            return self.core.read_namespaced_pod_log(name, namespace, tail_lines=lines) or ""
+        except ApiException as e:
+            if e.status in (400, 404):  # not started yet, or gone
+                return ""
             raise
 
     def get_node(self, name: str) -> Obj | None:
@@ -165,14 +178,14 @@ class Kube:
                 raise
 
     def event(self, model: Obj, kind: str, reason: str, message: str) -> None:
-        """An Event on the DSAModel (`kubectl describe dsamodel` shows it)."""
+        """An Event on a DSAModel or DSAEvaluation (`kubectl describe` shows it)."""
         meta = model["metadata"]
         now = datetime.datetime.now(datetime.UTC)
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
             involved_object=client.V1ObjectReference(
                 api_version=f"{GROUP}/{VERSION}",
-                kind=KIND,
+                kind=model.get("kind") or KIND,
                 name=meta["name"],
                 namespace=meta["namespace"],
                 uid=meta.get("uid"),
@@ -191,7 +204,7 @@ class Kube:
         except ApiException as e:  # an Event is evidence, not a reason to stop reconciling
             log.warning("could not record event %s: %s", reason, e.reason)
 
-    def patch_status(self, model: Obj, status: Obj) -> None:
+    def patch_status(self, model: Obj, status: Obj, plural: str = PLURAL) -> None:
         """Replaces the status of the version of `model` that was read: 409 when it changed since,
         so a status computed from an older view is never written."""
         meta = model["metadata"]
@@ -199,7 +212,7 @@ class Kube:
             GROUP,
             VERSION,
             meta["namespace"],
-            PLURAL,
+            plural,
             meta["name"],
             {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status},
         )

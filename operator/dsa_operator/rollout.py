@@ -32,6 +32,8 @@ Each step:
    Otherwise only if ``whole``: restart k = maxUnavailable - U outdated up groups, one pick at a time,
    role argmin_r u_r / n_r (ties: prefill, decode, serving), lowest index first, u_r += 1 per pick.
    A restarting group stays in U until ready, so it blocks further picks.
+   Gated (``Desired.gate``): the rollout's first pick is one group alone, the canary; no further
+   pick until the gate says it passed (its evaluation ran against the canary alone).
 
 Invariants; ``enforce_bounds`` checks the hard ones (H) again, on its own, before the shell acts:
 
@@ -39,6 +41,7 @@ Invariants; ``enforce_bounds`` checks the hard ones (H) again, on its own, befor
     H2  a restart takes the whole group, at most once per step, never a restarting group unless outdated
     H3  "failure" restarts only of failed groups (else they would be unbudgeted rollouts)
     H4  deletes only for i >= n_r, creates only for missing i < n_r
+    H5  a gated rollout takes no serving group down while its canary has not passed
     R   |u_p/n_p - u_d/n_d| <= max(1/n_p, 1/n_d) after every pick, for a rollout that starts even
     S   W all up and not outdated, nothing surplus  =>  []   (in steady state the operator writes nothing)
 """
@@ -80,11 +83,20 @@ class GroupState:
 
 
 @dataclass(frozen=True)
+class Gate:
+    """A canary gate (spec.rollout.gate) and its verdict on the rollout's first updated group."""
+
+    passed: bool = False
+    why: str = "rollout waits for the canary evaluation"  # what it waits for, or why it is held
+
+
+@dataclass(frozen=True)
 class Desired:
     """What the spec asks for."""
 
     replicas: dict[str, int] = field(default_factory=dict)  # role -> groups wanted; absent role = 0
     max_unavailable_groups: int = 1  # U may reach this through rollout restarts, never more
+    gate: Gate | None = None  # a gated rollout: one group first, the rest once it passed
 
     def __post_init__(self) -> None:
         if self.max_unavailable_groups < 1 or any(n < 0 for n in self.replicas.values()):
@@ -195,13 +207,33 @@ def next_step(groups: list[GroupState], desired: Desired, now: float) -> list[Ac
     if not candidates:
         return actions
     budget = desired.max_unavailable_groups - unavailable(groups, desired)
+    held = None
+    if desired.gate is not None:
+        if canary(members) is None:  # the rollout starts: its first group alone
+            budget = min(budget, 1)
+        elif not desired.gate.passed:
+            budget, held = 0, desired.gate.why
     picks: list[GroupState] = []
     if not missing and not failed and budget > 0:
         picks = _interleave(candidates, members, desired, budget)
         actions += [RestartGroup(g.role, g.index, "rollout") for g in picks]
     if not picks and not any(isinstance(a, CreateGroup | DeleteGroup | RestartGroup) for a in actions):
-        actions.append(Wait(_why_paused(missing, failed, members, desired), None))
+        actions.append(Wait(held or _why_paused(missing, failed, members, desired), None))
     return actions
+
+
+def canary(members: list[GroupState]) -> GroupState | None:
+    """A gated rollout's canary: while some wanted group is outdated, the first one that is not
+    (ties: prefill, decode, serving; lowest index). None before the rollout's first restart."""
+    if not any(g.outdated for g in members):
+        return None
+    fresh = [g for g in members if g.exists and not g.outdated]
+    return min(fresh, key=lambda g: (_role_rank(g.role), g.index), default=None)
+
+
+def canary_of(groups: list[GroupState], desired: Desired) -> GroupState | None:
+    """`canary` among the groups the spec wants."""
+    return canary([g for g in groups if g.exists and desired.wants(g.role, g.index)])
 
 
 def _interleave(
@@ -246,6 +278,8 @@ def enforce_bounds(groups: list[GroupState], desired: Desired, actions: list[Act
     """
     by_key = {g.key: g for g in groups if g.exists}
     down = unavailable(groups, desired)
+    gate = desired.gate
+    gated = gate is not None and not gate.passed and canary_of(groups, desired) is not None
     touched: set[tuple[str, int]] = set()  # one action per group per step
     kept: list[Action] = []
     for a in actions:
@@ -265,7 +299,7 @@ def enforce_bounds(groups: list[GroupState], desired: Desired, actions: list[Act
         elif a.reason == "failure":
             ok = g.failed
         elif g.up and desired.wants(*key):  # a rollout restart that takes a serving group down
-            ok = down < desired.max_unavailable_groups
+            ok = down < desired.max_unavailable_groups and not gated  # H5: not past a closed gate
             down += int(ok)
         else:
             ok = True  # it is down already, or leaving

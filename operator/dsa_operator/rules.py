@@ -190,6 +190,17 @@ def router_for_pd(ctx: Context) -> Iterator[Problem]:
         yield Problem("spec.router.enabled", "prefill/decode disaggregation needs the router")
 
 
+@rule("operator", "dsa-operator: a canary evaluation asks one group alone")
+def canary_group_serves_alone(ctx: Context) -> Iterator[Problem]:
+    """A rollout canary asks one group's rank 0 alone, which only a unified group can answer."""
+    if ctx.spec.rollout.gate is not None and ctx.pd:
+        yield Problem(
+            "spec.rollout.gate",
+            "a canary evaluation asks one group alone; a prefill or decode group cannot answer "
+            "without its peer: gate unified (serving) models only",
+        )
+
+
 @rule("operator", "dsa-operator: the router's Kubernetes discovery dials one port (sglang-router 0.3.2)")
 def router_discovery_port(ctx: Context) -> Iterator[Problem]:
     """Kubernetes discovery dials every discovered pod on one port."""

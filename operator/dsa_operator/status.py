@@ -84,8 +84,10 @@ def compute_status(
     old: Obj,
     generation: int | None,
     now: str,
+    gate: Obj | None = None,
 ) -> Obj:
-    """`rolling`: groups being restarted for a spec change; `backing_off`: failed groups waiting."""
+    """`rolling`: groups being restarted for a spec change; `backing_off`: failed groups waiting;
+    `gate`: the RolloutGate condition of a gated rollout (spec.rollout.gate)."""
     wanted = {(r.role, g.group) for r in plan.roles for g in r.groups}
     current = [g for g in groups if (g.role, g.index) in wanted]
     ready = [g for g in current if g.ready]
@@ -145,6 +147,8 @@ def compute_status(
             ),
         ),
     ]
+    if gate is not None:
+        conditions.append(gate)
     if all_ready:
         phase = "Ready"
     elif failed or held:

@@ -42,9 +42,13 @@ def test_schema_refuses(bad: str) -> None:
 
 
 def test_crd_copy_equals_source() -> None:
-    assert (CHART / "crds/serving.dsa.dev_dsamodels.yaml").read_text() == (
-        ROOT / "crds/serving.dsa.dev_dsamodels.yaml"
-    ).read_text(), "charts/dsa-operator/crds is stale: cp crds/*.yaml charts/dsa-operator/crds/"
+    names = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    assert names == ["serving.dsa.dev_dsaevaluations.yaml", "serving.dsa.dev_dsamodels.yaml"]
+    assert names == sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    for name in names:
+        assert (CHART / "crds" / name).read_text() == (ROOT / "crds" / name).read_text(), (
+            "charts/dsa-operator/crds is stale: make crd"
+        )
 
 
 def test_deploy_is_fresh(tmp_path) -> None:
