@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import kopf
 import urllib3
@@ -24,6 +24,10 @@ from kubernetes.dynamic.exceptions import DynamicApiError
 from dsa_operator import GROUP, PLURAL, VERSION, labels, webhook_provision
 from dsa_operator.controller import Reconciler
 from dsa_operator.errors import PlanError
+from dsa_operator.evaluation import PLURAL as EVALUATION_PLURAL
+from dsa_operator.evaluation_api import parse_evaluation
+from dsa_operator.evaluation_controller import EvaluationReconciler
+from dsa_operator.evaluation_job import CANARY_OF, EVALUATION
 from dsa_operator.kube import Kube, load_client_config
 from dsa_operator.planner import plan
 from dsa_operator.webhook_provision import Provision
@@ -35,6 +39,7 @@ RESYNC_SECONDS = 300.0
 # FIN or RST is found within this bound (and a reconcile's request within kube.READ_TIMEOUT).
 WATCH_INACTIVITY_SECONDS = 70.0
 WEBHOOK_ID = "dsamodel-planner"  # also the webhook's URL path
+EVALUATION_WEBHOOK_ID = "dsaevaluation-check"
 
 
 @dataclass
@@ -53,9 +58,15 @@ class Options:
 OPTIONS = Options()
 
 
+class Reconciles(Protocol):
+    kube: Kube
+
+    def reconcile(self, ref: dict[str, Any], alive: Any) -> float | None: ...
+
+
 @dataclass
 class Loops:
-    reconciler: Reconciler
+    reconciler: Reconciles
     uids: dict[tuple[str, str], str] = field(default_factory=dict)  # the model each loop serves
     triggers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     tasks: dict[tuple[str, str], asyncio.Task] = field(default_factory=dict)
@@ -137,6 +148,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         )
         settings.admission.managed = OPTIONS.webhook_managed
     memo.loops = Loops(Reconciler(kube))
+    memo.evaluations = Loops(EvaluationReconciler(kube))
+    memo.evaluated = {}  # (namespace, evaluation) -> the DSAModel it names, to wake it on model changes
 
 
 async def _provision_webhook_tls(kube: Kube, p: Provision, memo: kopf.Memo) -> None:
@@ -163,10 +176,49 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def model_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     key = (body.metadata.namespace, body.metadata.name)
+    for (ns, ev), model in list(getattr(memo, "evaluated", {}).items()):
+        if ns == key[0] and model == key[1]:  # an evaluation waits for it, or runs against it
+            memo.evaluations.poke((ns, ev))
     if event.get("type") == "DELETED" or body.metadata.get("deletionTimestamp"):
         memo.loops.stop(key)  # the children go with their ownerReferences
         return
     memo.loops.submit(key, _plain(body))
+
+
+@kopf.on.event(GROUP, VERSION, EVALUATION_PLURAL)
+async def evaluation_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    key = (body.metadata.namespace, body.metadata.name)
+    if event.get("type") == "DELETED" or body.metadata.get("deletionTimestamp"):
+        memo.evaluations.stop(key)  # its Jobs go with their ownerReferences
+        memo.evaluated.pop(key, None)
+        return
+    memo.evaluated[key] = (body.get("spec") or {}).get("model")
+    memo.evaluations.submit(key, _plain(body))
+
+
+def _poke_job_owner(body: kopf.Body, memo: kopf.Memo) -> None:
+    """A Job (or its pod) of an evaluation wakes that evaluation; of a canary, its DSAModel."""
+    lbl = body.metadata.labels
+    ns = body.metadata.namespace
+    if lbl.get(EVALUATION) and hasattr(memo, "evaluations"):
+        memo.evaluations.poke((ns, lbl[EVALUATION]))
+    if lbl.get(CANARY_OF) and hasattr(memo, "loops"):
+        memo.loops.poke((ns, lbl[CANARY_OF]))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={labels.MANAGED_BY: "dsa-operator"})
+async def job_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _poke_job_owner(body, memo)
+
+
+@kopf.on.event("pods", labels={EVALUATION: kopf.PRESENT})
+async def evaluation_pod_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _poke_job_owner(body, memo)
+
+
+@kopf.on.event("pods", labels={CANARY_OF: kopf.PRESENT})
+async def canary_pod_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _poke_job_owner(body, memo)
 
 
 def _poke(body: kopf.Body, memo: kopf.Memo) -> None:
@@ -200,9 +252,22 @@ def validate(body: kopf.Body, **_: Any) -> None:
         ) from None
 
 
+def validate_evaluation(body: kopf.Body, **_: Any) -> None:
+    """Refuse a DSAEvaluation whose spec breaks a rule, with its field paths."""
+    try:
+        parse_evaluation(_plain(body).get("spec"))
+    except PlanError as e:
+        raise kopf.AdmissionError(
+            "invalid DSAEvaluation: " + "; ".join(str(p) for p in e.problems), code=422
+        ) from None
+
+
 def register_webhook() -> None:
     """Registered only when a webhook server is configured: kopf refuses admission handlers without one."""
     kopf.on.validate(GROUP, VERSION, PLURAL, id=WEBHOOK_ID, operations=["CREATE", "UPDATE"])(validate)
+    kopf.on.validate(
+        GROUP, VERSION, EVALUATION_PLURAL, id=EVALUATION_WEBHOOK_ID, operations=["CREATE", "UPDATE"]
+    )(validate_evaluation)
 
 
 def _plain(value: Any) -> Any:

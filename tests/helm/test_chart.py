@@ -144,6 +144,20 @@ def test_rbac_is_exact_and_without_wildcards() -> None:
     assert {v for g, r, v in grants if (g, r) == ("", "nodes")} == {"get"}
     assert ("", "namespaces", "list") not in grants  # cluster-wide kopf does not scan namespaces
     assert ("", "secrets", "get") not in {(g, r, v) for g, r, v in grants}
+    # Evaluations: read them, write their status; their Jobs are created, patched (the result) and
+    # deleted (a superseded run); a running one's progress is read from its pod's log.
+    assert {v for g, r, v in grants if (g, r) == ("serving.dsa.dev", "dsaevaluations")} == {
+        "get",
+        "list",
+        "watch",
+    }
+    assert ("serving.dsa.dev", "dsaevaluations/status", "patch") in grants
+    assert {v for g, r, v in grants if (g, r) == ("batch", "jobs")} & RBAC_WRITE == {
+        "create",
+        "patch",
+        "delete",
+    }
+    assert {v for g, r, v in grants if (g, r) == ("", "pods/log")} == {"get"}
     for group, resource in (
         ("", "configmaps"),
         ("rbac.authorization.k8s.io", "roles"),
@@ -173,8 +187,11 @@ def test_watch_namespaces_use_roles() -> None:
     assert vwc["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["llm", "batch"]
 
 
-def test_webhook_matches_kopf() -> None:
-    """Path, rules and failure policy are what kopf would register for the handler itself."""
+@pytest.mark.parametrize(
+    "hook_id, plural", [("dsamodel-planner", "dsamodels"), ("dsaevaluation-check", "dsaevaluations")]
+)
+def test_webhook_matches_kopf(hook_id: str, plural: str) -> None:
+    """Path, rules and failure policy are what kopf would register for each handler itself."""
     import kopf
     from kopf._cogs.structs import references
     from kopf._core.engines.admission import build_webhooks
@@ -182,17 +199,25 @@ def test_webhook_matches_kopf() -> None:
     from dsa_operator import handlers
 
     registry = kopf.get_default_registry()
-    webhook_handlers = [h for h in registry._webhooks.get_all_handlers() if h.id == "dsamodel-planner"]
-    if not webhook_handlers and hasattr(handlers, "register_webhook"):  # registered with a webhook port only
+
+    def registered() -> list:
+        return [h for h in registry._webhooks.get_all_handlers() if h.id == hook_id]
+
+    if not registered() and hasattr(handlers, "register_webhook"):  # registered with a webhook port only
         handlers.register_webhook()
-        webhook_handlers = [h for h in registry._webhooks.get_all_handlers() if h.id == "dsamodel-planner"]
-    assert webhook_handlers, "no kopf webhook handler with id dsamodel-planner"
-    resource = references.Resource("serving.dsa.dev", "v1alpha1", "dsamodels", namespaced=True)
+    webhook_handlers = registered()
+    assert webhook_handlers, f"no kopf webhook handler with id {hook_id}"
+    resource = references.Resource("serving.dsa.dev", "v1alpha1", plural, namespaced=True)
     client = {"service": {"name": "dsa-operator-webhook", "namespace": "dsa-system", "port": 443}}
     (kopf_hook,) = build_webhooks(
         webhook_handlers, resources=[resource], name_suffix="x", client_config=client
     )
-    (hook,) = one(render(), "ValidatingWebhookConfiguration")["webhooks"]
+    hooks = one(render(), "ValidatingWebhookConfiguration")["webhooks"]
+    assert [h["name"] for h in hooks] == [
+        "dsamodel-planner.serving.dsa.dev",
+        "dsaevaluation-check.serving.dsa.dev",
+    ]
+    (hook,) = [h for h in hooks if h["name"] == f"{hook_id}.serving.dsa.dev"]
     assert hook["clientConfig"]["service"]["path"] == kopf_hook["clientConfig"]["service"]["path"]
     assert hook["failurePolicy"] == kopf_hook["failurePolicy"] == "Fail"
     assert hook["sideEffects"] == kopf_hook["sideEffects"]

@@ -314,6 +314,13 @@ OPERATOR_MATRIX = [
     *[(v, "pods", "model", "yes") for v in ("list", "watch", "delete", "deletecollection")],
     *[(v, "pods", "model", "no") for v in ("create", "update", "patch")],
     ("create", "pods#exec", "model", "no"),
+    ("get", "pods#log", "model", "yes"),  # an evaluation's progress line
+    *[(v, "dsaevaluations.serving.dsa.dev", "all", "yes") for v in ("get", "list", "watch")],
+    ("patch", "dsaevaluations.serving.dsa.dev#status", "model", "yes"),
+    *[(v, "dsaevaluations.serving.dsa.dev", "model", "no") for v in ("create", "patch", "delete")],
+    *[(v, "jobs.batch", "model", "yes") for v in ("create", "patch", "delete", "list", "watch")],
+    ("update", "jobs.batch", "model", "no"),
+    ("create", "cronjobs.batch", "model", "no"),
     *[(v, r, "model", "yes") for r in ("statefulsets.apps", "deployments.apps") for v in ("create", "patch")],
     *[(v, "secrets", w, "no") for v in ("get", "list", "watch", "create") for w in ("model", "all")],
     # webhook.tlsSource=helm (the default): the kubelet mounts the TLS Secret; the operator reads none.

@@ -96,6 +96,10 @@ RBAC in the namespaces holding DSAModels: exactly what the operator's code does 
     PATCH that creates when absent, which the API server also authorizes as create), delete
     (Kube.delete: garbage of an old plan, removed groups).
   - events create: Kube.event and kopf's own (warning) events, core v1.
+  - dsaevaluations get/list/watch, dsaevaluations/status patch: the evaluations' loops, as for
+    DSAModels. jobs list/watch/create/patch/delete: an evaluation's or a canary's Job (created by
+    server-side apply; patch also records its result; delete: a superseded run). pods/log get:
+    the progress line of a running evaluation (the last lines only).
 */}}
 {{- define "dsa-operator.namespacedRules" -}}
 - apiGroups: [serving.dsa.dev]
@@ -107,9 +111,21 @@ RBAC in the namespaces holding DSAModels: exactly what the operator's code does 
 - apiGroups: [serving.dsa.dev]
   resources: [dsamodels/finalizers]
   verbs: [update]
+- apiGroups: [serving.dsa.dev]
+  resources: [dsaevaluations]
+  verbs: [get, list, watch]
+- apiGroups: [serving.dsa.dev]
+  resources: [dsaevaluations/status]
+  verbs: [patch]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, delete, deletecollection]
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [statefulsets, deployments]
   verbs: [list, watch, create, patch, delete]
