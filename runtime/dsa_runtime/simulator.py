@@ -15,6 +15,12 @@ decode server asks the prefill named by the request's `bootstrap_host`/`bootstra
 pod took the request's `bootstrap_room` (as SGLang's decode asks the prefill's bootstrap server
 where the KV cache comes from); the reply's `simulator.served_by` lists both, so a client can
 see that a completion went prefill rank 0 -> decode rank 0.
+
+For accuracy runs it can answer from an answer book (`DSA_SIMULATOR_ANSWERS`: a JSON object,
+question text -> reply text): a generation whose prompt contains known questions gets the reply of
+the one that appears last (a few-shot prompt carries earlier questions with their answers). It
+does not judge: whoever writes the book decides which replies are right, so a harness run against
+it must score exactly the share the book answers correctly.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -74,6 +80,7 @@ class SimConfig:
     bootstrap_port: int | None = None  # prefill only
     delay_s: float = 0.0  # how long a generation takes (keeps requests in flight in tests)
     kv_timeout_s: float = 5.0  # how long decode waits for the prefill to take a room
+    answers: Mapping[str, str] | None = None  # the answer book: question text -> reply text
 
 
 def _int(raw: str | None, default: int) -> int:
@@ -103,11 +110,64 @@ def config_from_argv(argv: list[str], env: Mapping[str, str]) -> SimConfig:
     )
 
 
+def with_env_extras(cfg: SimConfig, env: Mapping[str, str]) -> SimConfig:
+    """The test and evaluation settings a process takes from its environment: the answer book
+    (`DSA_SIMULATOR_ANSWERS`, a path) and the time a generation takes (`DSA_SIMULATOR_DELAY_SECONDS`)."""
+    extras: dict[str, Any] = {}
+    if env.get("DSA_SIMULATOR_ANSWERS"):
+        extras["answers"] = load_answer_book(env["DSA_SIMULATOR_ANSWERS"])
+    if env.get("DSA_SIMULATOR_DELAY_SECONDS"):
+        extras["delay_s"] = float(env["DSA_SIMULATOR_DELAY_SECONDS"])
+    return replace(cfg, **extras) if extras else cfg
+
+
 def reply_text(who: Identity) -> str:
     """The deterministic text of a completion (empty on prefill: its output goes to decode)."""
     if who.role == "prefill":
         return ""
     return f"simulated reply from {who.pod} ({who.role}, rank {who.rank}); not model output"
+
+
+def load_answer_book(path: str) -> dict[str, str]:
+    """The answer book at `path`: a JSON object of question text -> reply text (ValueError if not)."""
+    with open(path, encoding="utf-8") as f:
+        book = json.load(f)
+    entries = book.items() if isinstance(book, dict) else [(None, None)]
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in entries):
+        raise ValueError(f"{path}: an answer book is a JSON object of question text -> reply text")
+    return {k: v for k, v in book.items() if k}
+
+
+def prompt_text(body: Mapping[str, Any]) -> str:
+    """The text of a generation request: chat messages' text parts, `prompt` or `text`."""
+    if isinstance(body.get("messages"), list):
+        parts: list[str] = []
+        for m in body["messages"]:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):  # OpenAI content parts: keep the text ones
+                parts += [str(c.get("text", "")) for c in content if isinstance(c, dict)]
+        return "\n".join(parts)
+    raw = body.get("prompt", body.get("text", ""))
+    return "\n".join(map(str, raw)) if isinstance(raw, list) else str(raw)
+
+
+def book_reply(book: Mapping[str, str], prompt: str) -> str | None:
+    """The reply to the known question that ends last in `prompt` (the longest on a tie), if any.
+
+    A few-shot prompt holds the shots' questions (with their answers) before the one asked, and
+    the one asked may itself be a shot: its last occurrence is the one that counts."""
+    best: tuple[int, int] | None = None
+    reply = None
+    for question, answer in book.items():
+        at = prompt.rfind(question)
+        if at < 0:
+            continue
+        key = (at + len(question), len(question))
+        if best is None or key > best:
+            best, reply = key, answer
+    return reply
 
 
 @dataclass
@@ -352,6 +412,8 @@ class EngineSimulator:
             " -> ".join(f"{s['pod']} ({s['role']} rank {s['rank']})" for s in served_by),
         )
         text = reply_text(who)
+        if self.config.answers and who.role != "prefill":
+            text = book_reply(self.config.answers, prompt_text(body)) or text
         if body.get("stream"):
             h.send_stream([self._stamp(e, **meta) for e in _stream_events(path, body, text, self.config)])
         else:
@@ -449,11 +511,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _prompt_tokens(body: dict[str, Any]) -> int:
     """A stand-in count: whitespace-separated words of the prompt (at least 1)."""
-    if "messages" in body:
-        text = " ".join(str(m.get("content", "")) for m in body["messages"] if isinstance(m, dict))
-    else:
-        text = str(body.get("prompt", body.get("text", "")))
-    return max(1, len(text.split()))
+    return max(1, len(prompt_text(body).split()))
 
 
 def _completion(path: str, body: dict[str, Any], text: str, cfg: SimConfig) -> dict[str, Any]:
@@ -510,6 +568,11 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     cfg = config_from_argv(list(sys.argv[1:] if argv is None else argv), os.environ)
+    try:
+        cfg = with_env_extras(cfg, os.environ)
+    except (OSError, ValueError) as e:
+        print(f"dsa-runtime-simulator: {e}", file=sys.stderr)
+        return int(ExitCode.EXEC_FAILED)
     who = cfg.who
     log.warning("SIMULATOR: %s", NOTE)
     stop = threading.Event()
@@ -533,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
         f", bootstrap port {cfg.bootstrap_port}" if cfg.bootstrap_port and who.rank == 0 else "",
         " (probes only: SGLang serves HTTP on rank 0)" if who.rank else "",
     )
+    if cfg.answers:
+        log.info("SIMULATOR %s: replies from an answer book of %d questions", who.pod, len(cfg.answers))
     stop.wait()
     log.info("SIMULATOR %s: stopping", who.pod)
     sim.stop()
