@@ -224,7 +224,7 @@ def _from_job(
         if stored is None and o.result is not None:
             d.record = (job, json.dumps(o.result, sort_keys=True))
         d.status = _status(old, gen, now, phase="Succeeded", **base)
-        if old.get("phase") != "Succeeded" or old.get("job") != name:
+        if d.record is not None:  # once: the result is recorded on the Job with it
             v = d.status.get("verdict")
             kind = "Normal" if v == "Passed" else "Warning"
             d.events.append((kind, v or "Finished", _summary(d.status)))
@@ -233,7 +233,7 @@ def _from_job(
         reason, _, message = o.reason.partition(": ")
         d.record = (job, json.dumps({"evaluation": "error", "reason": reason, "message": message}))
     d.status = _status(old, gen, now, phase="Failed", **base)
-    if old.get("phase") != "Failed" or old.get("job") != name:
+    if d.record is not None:
         d.events.append(("Warning", "Failed", f"Job {name}: {o.reason}"))
     return d
 
