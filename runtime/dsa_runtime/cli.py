@@ -1,4 +1,5 @@
-"""`dsa-runtime`: the serving container's entrypoint (serve, route, preflight, rendezvous, fetch-model).
+"""`dsa-runtime`: the serving container's entrypoint (serve, route, preflight, rendezvous, fetch-model,
+evaluate).
 
 Every expected problem ends as one line on stderr, a distinct exit code (errors.ExitCode)
 and the same line in the termination log; SGLang's own exit status is passed on unchanged.
@@ -348,6 +349,75 @@ def fetch_model(
             pod_env = next((p.env for p in plan.pods if p.role != "router"), plan.pods[0].env)
         local = fetch(plan, {**os.environ, **pod_env}, revision, lock_timeout)
         print(local, flush=True)
+
+
+@app.command()
+def evaluate(
+    suite: Annotated[str, typer.Option(help="gsm8k | gpqa-diamond | aime25")],
+    host: Annotated[str, typer.Option(help="the model endpoint's host")],
+    port: Annotated[int, typer.Option(help="the model endpoint's port")],
+    model: Annotated[
+        str | None, typer.Option(help="served model name (sgl-eval; default: /v1/models)")
+    ] = None,
+    num_shots: Annotated[int | None, typer.Option(help="few-shot examples (gsm8k)")] = None,
+    num_questions: Annotated[int | None, typer.Option(help="questions (gsm8k) or examples")] = None,
+    parallel: Annotated[int | None, typer.Option(help="concurrent requests")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="max new tokens per answer")] = None,
+    repeats: Annotated[
+        int | None, typer.Option(help="runs over the data set; the score is their mean")
+    ] = None,
+    thinking: Annotated[
+        bool | None,
+        typer.Option("--thinking/--no-thinking", help="chat_template_kwargs thinking (sgl-eval suites)"),
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="sampling temperature")] = None,
+    top_p: Annotated[float | None, typer.Option(help="nucleus sampling (sgl-eval suites)")] = None,
+    data_path: Annotated[
+        str | None,
+        typer.Option(
+            help="data set file: gsm8k jsonl {question, answer}, or NS jsonl {problem, expected_answer}"
+        ),
+    ] = None,
+    out_dir: Annotated[str, typer.Option(help="the harness's working and output folder")] = "/tmp/eval",
+    termination_log: TermOpt = None,
+    wait_ready: Annotated[float, typer.Option(help="seconds to wait for the endpoint's /health")] = 60.0,
+) -> None:
+    """Run the pinned SGLang's accuracy harness against an endpoint; the result (or the error) is
+    one JSON line on stdout and in the termination log. Unset options are the suite's defaults."""
+    _setup_logging()
+    _exit_on_stop_signals()
+    from dsa_runtime import evaluate as E
+
+    if suite not in E.SUITES:
+        raise typer.BadParameter(f"{suite!r} is not one of {', '.join(E.SUITES)}", param_hint="--suite")
+    settings = E.resolve(
+        suite,
+        host,
+        port,
+        model=model,
+        num_shots=num_shots,
+        questions=num_questions,
+        parallel=parallel,
+        max_tokens=max_tokens,
+        repeats=repeats,
+        thinking=thinking,
+        temperature=temperature,
+        top_p=top_p,
+        data_path=data_path,
+    )
+    path = termination_log_path(termination_log)
+    try:
+        E.wait_ready(E.base_url(host, port), wait_ready)
+        line = E.compact(E.evaluate(settings, out_dir, dict(os.environ)))
+    except E.EvalFailure as e:
+        line = E.compact(E.error(e.reason, e.message))
+        print(line, flush=True)
+        write_termination(line + "\n", path)
+        first = e.message.splitlines()[0] if e.message else e.reason
+        print(f"dsa-runtime: {e.code.name.lower().replace('_', '-')}: {first}", file=sys.stderr, flush=True)
+        raise typer.Exit(int(e.code)) from None
+    print(line, flush=True)
+    write_termination(line + "\n", path)
 
 
 @app.command("exit-codes")

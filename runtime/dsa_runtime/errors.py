@@ -29,6 +29,8 @@ class ExitCode(IntEnum):
     EXEC_FAILED = 77
     RENDEZVOUS_FAILED = 78
     ENGINE_MISSING = 79
+    EVAL_ENDPOINT_UNREACHABLE = 80
+    EVAL_HARNESS_FAILED = 81
 
 
 EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
@@ -50,6 +52,9 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.RENDEZVOUS_FAILED: "a rank could not join its group's torch.distributed rendezvous, "
     "or the all-reduce across the group was wrong (simulator)",
     ExitCode.ENGINE_MISSING: "the planned engine is not installed: SGLang, or torch for the simulator",
+    ExitCode.EVAL_ENDPOINT_UNREACHABLE: "evaluate: the endpoint never answered /health or /v1/models",
+    ExitCode.EVAL_HARNESS_FAILED: "evaluate: the harness failed, lost the endpoint or reported no "
+    "result (or failed requests)",
 }
 
 
