@@ -160,7 +160,9 @@ def decide(
         return d
     current = next((j for j in jobs if j["metadata"]["name"] == name), None)
     if current is not None:
-        return _from_job(d, current, pods.get(name), log_progress, old, gen, now)
+        return _from_job(
+            d, current, pods.get(name), log_progress, old, gen, now, _was_ready(spec.model, name)
+        )
 
     if model is None:
         why = ("ModelNotFound", f"no DSAModel {spec.model} in namespace {meta.get('namespace')}")
@@ -200,7 +202,7 @@ def decide(
         gen,
         now,
         phase="Running",
-        model=(True, "ModelReady", why),
+        model=_was_ready(spec.model, name),
         job=name,
         asked=asked(spec, family, target),
     )
@@ -208,13 +210,19 @@ def decide(
     return d
 
 
+def _was_ready(model: str, job: str) -> tuple[bool, str, str]:
+    """ModelReady once a Job exists: it was created against a Ready model (the Job alone says so)."""
+    return True, "ModelReady", f"DSAModel {model} was Ready when Job {job} was created"
+
+
 def _from_job(
-    d: Decision, job: Obj, pod: Obj | None, log_progress: str | None, old: Obj, gen: Any, now: str
-) -> Decision:
+    d: Decision, job: Obj, pod: Obj | None, log_progress: str | None, old: Obj, gen: Any, now: str,
+    model: tuple[bool, str, str],
+) -> Decision:  # fmt: skip
     record = _asked_of(job)
     o = outcome(job, pod)
     name = job["metadata"]["name"]
-    base = {"job": name, "asked": record, "outcome": o}
+    base = {"job": name, "asked": record, "outcome": o, "model": model}
     if o.state in ("pending", "running"):
         d.status = _status(old, gen, now, phase="Running", progress=log_progress, **base)
         d.poll = 10.0

@@ -225,7 +225,8 @@ def outcome(job: Obj, pod: Obj | None) -> Outcome:
         return Outcome("failed", None, "the harness exited 0 without a readable result", pod_name, **times)
     if failed or (report and report["evaluation"] == "error"):
         if report and report["evaluation"] == "error":
-            why = f"{report.get('reason', 'HarnessFailed')}: {str(report.get('message', '')).strip()[-600:]}"
+            reason, message = str(report.get("reason") or "HarnessFailed"), str(report.get("message", ""))
+            why = f"{reason}: {message.strip()[-600:]}" if message.strip() else reason
         elif failed and failed.get("reason") == "DeadlineExceeded":
             why = f"DeadlineExceeded: the run outlived activeDeadlineSeconds ({failed.get('message', '')})"
         elif term is not None:
