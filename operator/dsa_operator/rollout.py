@@ -279,7 +279,8 @@ def enforce_bounds(groups: list[GroupState], desired: Desired, actions: list[Act
     by_key = {g.key: g for g in groups if g.exists}
     down = unavailable(groups, desired)
     gate = desired.gate
-    gated = gate is not None and not gate.passed and canary_of(groups, desired) is not None
+    starts = gate is not None and canary_of(groups, desired) is None  # its first group goes alone
+    gated = gate is not None and not gate.passed and not starts
     touched: set[tuple[str, int]] = set()  # one action per group per step
     kept: list[Action] = []
     for a in actions:
@@ -301,6 +302,7 @@ def enforce_bounds(groups: list[GroupState], desired: Desired, actions: list[Act
         elif g.up and desired.wants(*key):  # a rollout restart that takes a serving group down
             ok = down < desired.max_unavailable_groups and not gated  # H5: not past a closed gate
             down += int(ok)
+            gated = gated or (ok and starts)  # H5: the canary alone until its gate passes
         else:
             ok = True  # it is down already, or leaving
         touched.add(key)

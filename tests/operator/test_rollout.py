@@ -14,10 +14,12 @@ from dsa_operator.rollout import (
     CreateGroup,
     DeleteGroup,
     Desired,
+    Gate,
     GroupState,
     RestartGroup,
     Wait,
     backoff_seconds,
+    canary_of,
     enforce_bounds,
     next_step,
     unavailable,
@@ -479,3 +481,143 @@ def test_random_fleets_keep_the_invariants_and_converge(scenario):
     assert all(g.rev == sim.rev and g.serving and not g.restarting for g in sim.groups.values())
     if pure:
         assert sorted(sim.rollouts()) == sorted(f"{r}-{i}" for r, n in after.items() for i in range(n))
+
+
+# ---- a gated rollout (spec.rollout.gate): one canary group first ----------------------------
+CLOSED = Gate(False, "rollout waits for the canary evaluation (gsm8k) of serving-0")
+
+
+def test_a_gated_rollout_restarts_exactly_one_group_first():
+    groups = fleet({"serving": 3}, ready=False, outdated=True)
+    ungated = next_step(groups, Desired({"serving": 3}, 3), 0.0)
+    assert len(ungated) == 3  # the budget alone would take all three
+    # the controller's gate before any group is updated says "no rollout under way" (passed)
+    for gate in (Gate(True, "no rollout under way"), CLOSED):
+        desired = Desired({"serving": 3}, 3, gate=gate)
+        assert canary_of(groups, desired) is None
+        assert next_step(groups, desired, 0.0) == [RestartGroup("serving", 0, "rollout")]
+
+
+def test_the_canary_is_the_first_updated_group():
+    groups = [
+        state(index=0, ready=False, restarting=True),
+        state(index=1, ready=False, outdated=True),
+        state(index=2, ready=False, outdated=True),
+    ]
+    assert canary_of(groups, Desired({"serving": 3})) == groups[0]
+    pd = [
+        state("decode", 0, ready=False, outdated=True),
+        state("prefill", 0),
+        state("prefill", 1, outdated=True),
+    ]
+    assert canary_of(pd, Desired({"prefill": 2, "decode": 1})).key == ("prefill", 0)
+    assert canary_of(fleet({"serving": 2}), Desired({"serving": 2})) is None  # no rollout under way
+
+
+def test_no_further_pick_until_the_gate_passes():
+    canary_ready = [
+        state(index=0),
+        state(index=1, ready=False, outdated=True),
+        state(index=2, ready=False, outdated=True),
+    ]
+    held = Desired({"serving": 3}, 3, gate=CLOSED)
+    assert next_step(canary_ready, held, 0.0) == [Wait(CLOSED.why, None)]
+    restarting = [replace(canary_ready[0], ready=False, restarting=True), *canary_ready[1:]]
+    assert next_step(restarting, held, 0.0) == [Wait(CLOSED.why, None)]
+    passed = Desired({"serving": 3}, 3, gate=Gate(True, "canary passed: ..."))
+    assert next_step(canary_ready, passed, 0.0) == [
+        RestartGroup("serving", 1, "rollout"),
+        RestartGroup("serving", 2, "rollout"),
+    ]
+    # without a gate the same observation rolls on at once
+    assert next_step(canary_ready, Desired({"serving": 3}, 3), 0.0) == next_step(canary_ready, passed, 0.0)
+
+
+def test_a_closed_gate_still_lets_failure_restarts_through():
+    groups = [
+        state(index=0),
+        state(index=1, ready=False, failed=True, outdated=True),
+        state(index=2, ready=False, outdated=True),
+    ]
+    acts = next_step(groups, Desired({"serving": 3}, 3, gate=CLOSED), 0.0)
+    assert RestartGroup("serving", 1, "failure") in acts
+    assert not [a for a in acts if isinstance(a, RestartGroup) and a.reason == "rollout"]
+
+
+def test_enforce_bounds_drops_a_rollout_restart_past_a_closed_gate():
+    groups = [
+        state(index=0),
+        state(index=1, ready=False, outdated=True),
+        state(index=2, ready=False, outdated=True),
+    ]
+    crafted = [RestartGroup("serving", 1, "rollout"), RestartGroup("serving", 2, "rollout")]
+    assert enforce_bounds(groups, Desired({"serving": 3}, 3, gate=CLOSED), crafted) == []
+    assert enforce_bounds(groups, Desired({"serving": 3}, 3, gate=Gate(True)), crafted) == crafted
+    assert enforce_bounds(groups, Desired({"serving": 3}, 3), crafted) == crafted
+
+
+@pytest.mark.parametrize("gate", [Gate(True, "no rollout under way"), CLOSED])
+def test_enforce_bounds_lets_one_group_alone_start_a_gated_rollout(gate):
+    groups = fleet({"serving": 3}, ready=False, outdated=True)
+    crafted = [RestartGroup("serving", i, "rollout") for i in range(3)]
+    assert enforce_bounds(groups, Desired({"serving": 3}, 3, gate=gate), crafted) == crafted[:1]
+    assert enforce_bounds(groups, Desired({"serving": 3}, 3), crafted) == crafted
+
+
+class GatedSim(Sim):
+    """Time passes while the gate holds: the canary's evaluation runs outside the planner's view."""
+
+    def advance(self, acts: list) -> None:
+        super().advance([] if acts == [Wait(CLOSED.why, None)] else acts)  # one tick, loading goes on
+
+
+def _gated_sim(replicas: dict[str, int], max_unavailable: int, passes_after: int | None) -> tuple[Sim, list]:
+    """A rollout whose gate passes `passes_after` ticks after the canary is ready (None: never)."""
+    sim = GatedSim(replicas, max_unavailable)
+    sim.rev = 1
+    ready_for = [0]
+    log: list[tuple[int, bool]] = []  # (rollout restarts so far, gate passed) at each step
+
+    def gate(s: Sim) -> None:
+        obs = s.observe()
+        c = canary_of(obs, s.desired)
+        if c is None:
+            g = Gate(True, "no rollout under way")
+        else:
+            ready_for[0] = ready_for[0] + 1 if c.ready else 0
+            ok = passes_after is not None and ready_for[0] > passes_after
+            g = Gate(True, "canary passed") if ok else CLOSED
+        s.desired = replace(s.desired, gate=g)
+        log.append((len(s.rollouts()), g.passed))
+
+    return sim, [gate, log]
+
+
+def test_a_gated_simulated_rollout_waits_for_its_canary_then_completes():
+    sim, (gate, log) = _gated_sim({"serving": 3}, 3, passes_after=4)
+    sim.run(each=gate)
+    assert sim.rollouts() == ["serving-0", "serving-1", "serving-2"]
+    first = [a for a in sim.steps[0] if isinstance(a, RestartGroup)]
+    assert first == [RestartGroup("serving", 0, "rollout")]
+    # nothing else was restarted until the gate had passed
+    before = [n for n, passed in log if not passed and n > 0]
+    assert before and max(before) == 1
+    assert all(g.rev == 1 and g.serving for g in sim.groups.values())
+
+
+def test_a_gated_pd_rollout_starts_with_prefill_0_alone():
+    sim, (gate, _) = _gated_sim({"prefill": 2, "decode": 4}, 2, passes_after=2)
+    sim.run(each=gate)
+    assert sim.rollouts()[0] == "prefill-0"
+    assert [a for a in sim.steps[0] if isinstance(a, RestartGroup)] == [RestartGroup("prefill", 0, "rollout")]
+    assert sorted(sim.rollouts()) == sorted(["prefill-0", "prefill-1"] + [f"decode-{i}" for i in range(4)])
+
+
+def test_a_gate_that_never_passes_holds_the_rollout_after_the_canary():
+    sim, (gate, _) = _gated_sim({"serving": 3}, 3, passes_after=None)
+    for _ in range(20):
+        gate(sim)
+        sim.step()
+    assert sim.rollouts() == ["serving-0"]
+    assert sim.steps[-1] == [Wait(CLOSED.why, None)]
+    assert [g.rev for _, g in sorted(sim.groups.items())] == [1, 0, 0]  # the rest serve the old spec
