@@ -133,7 +133,7 @@ def decide_gate(
         d.gate = Gate(
             False, f"rollout held: the canary evaluation of {name} failed: {o.reason} (Job {jname})"
         )
-        if stored is None and pods.get(jname) is not None:
+        if stored is None:  # without a pod too (deleted at the deadline): the hold is announced once
             reason, _, message = o.reason.partition(": ")
             d.record = (job, json.dumps({"evaluation": "error", "reason": reason, "message": message}))
             d.events.append(("Warning", "RolloutHeld", d.gate.why))

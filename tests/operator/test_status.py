@@ -87,3 +87,28 @@ def test_a_group_held_by_a_lost_node_is_degraded_and_says_what_frees_it():
     assert s["phase"] == "Degraded"
     c = cond(s, "Degraded")
     assert c["status"] == "True" and c["reason"] == "NodeLost" and "node n1" in c["message"]
+
+
+def test_a_gated_rollout_says_why_it_is_held_and_the_condition_holds_still():
+    from dsa_operator.canary import condition
+    from dsa_operator.rollout import Gate
+
+    held = condition(
+        Gate(False, "rollout held: canary serving-0 scored 0.800 on gsm8k against 0.900 - 0.050")
+    )
+    first = compute_status(P, [gv("prefill"), gv("decode")], True, [], [], {}, 3, "t0", gate=held)
+    c = cond(first, "RolloutGate")
+    assert c["status"] == "False" and c["reason"] == "Held" and "0.800" in c["message"]
+    assert c["observedGeneration"] == 3 and c["lastTransitionTime"] == "t0"
+    again = compute_status(P, [gv("prefill"), gv("decode")], True, [], [], first, 3, "t1", gate=held)
+    assert again == first
+    passed = condition(Gate(True, "canary passed: canary serving-0 scored 0.950"))
+    later = compute_status(P, [gv("prefill"), gv("decode")], True, [], [], first, 3, "t2", gate=passed)
+    assert cond(later, "RolloutGate")["status"] == "True"
+    assert cond(later, "RolloutGate")["lastTransitionTime"] == "t2"
+    assert cond(later, "Ready")["lastTransitionTime"] == "t0"
+
+
+def test_no_gate_no_rollout_gate_condition():
+    s = status([gv("prefill"), gv("decode")])
+    assert "RolloutGate" not in [c["type"] for c in s["conditions"]]
