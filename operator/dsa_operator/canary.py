@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsa_operator import GROUP, KIND, VERSION, labels
+from dsa_operator.api import parse_spec
 from dsa_operator.errors import PlanError
 from dsa_operator.evaluation import asked, build_job, reference_for
 from dsa_operator.evaluation_api import parse_evaluation
@@ -94,7 +95,7 @@ def decide_gate(
     job = next((j for j in jobs if j["metadata"]["name"] == jname), None)
     if job is None:
         tgt = target(plan, group.role, group.index)
-        runtime = (model.get("spec") or {}).get("runtime") or {}
+        runtime = parse_spec(model["spec"]).runtime  # planned already: it parses
         d.create = build_job(
             name=jname,
             ev_spec=spec,
@@ -104,8 +105,8 @@ def decide_gate(
             extra_annotations={CANARY_REVISION: revision or ""},
             family=plan.family,
             target=tgt,
-            image=runtime.get("image") or "",
-            pull_policy=runtime.get("imagePullPolicy") or "IfNotPresent",
+            image=runtime.image,
+            pull_policy=runtime.image_pull_policy,
         )
         d.events.append(
             ("Normal", "CanaryStarted", f"running {spec.suite} against {tgt.url} alone (Job {jname})")

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic.alias_generators import to_camel
 
 from dsa_operator import GROUP, VERSION, labels
+from dsa_operator.api import parse_spec
 from dsa_operator.errors import PlanError, Problem
 from dsa_operator.evaluation_api import DSAEvaluationSpec, parse_evaluation
 from dsa_operator.evaluation_job import (
@@ -182,6 +183,7 @@ def decide(
     if not ready:
         d.status = _status(old, gen, now, phase="WaitingForModel", model=(False, "ModelNotReady", why))
         return d
+    runtime = parse_spec(model["spec"]).runtime  # planned already: it parses, defaults filled in
     host = f"{plan.endpoint.service}.{plan.namespace}.svc"
     target = Target(host, plan.endpoint.port, "endpoint")
     d.create = build_job(
@@ -193,8 +195,8 @@ def decide(
         extra_annotations={},
         family=family,
         target=target,
-        image=(model.get("spec") or {}).get("runtime", {}).get("image") or "",
-        pull_policy=(model.get("spec") or {}).get("runtime", {}).get("imagePullPolicy") or "IfNotPresent",
+        image=runtime.image,
+        pull_policy=runtime.image_pull_policy,
     )
     d.events.append(("Normal", "Started", f"running {spec.suite} against {target.url} (Job {name})"))
     d.status = _status(

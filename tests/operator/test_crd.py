@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import yaml
-
 import pytest
+import yaml
 
 from dsa_operator.crd import CRDS, FILES, build_crd, crd_yaml
 from tests.conftest import ROOT
