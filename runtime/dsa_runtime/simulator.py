@@ -402,6 +402,7 @@ class EngineSimulator:
                 return
             served_by.insert(0, prefill)
         if self.config.delay_s:
+            log.info("SIMULATOR %s: %s received, answering in %g s", who.pod, path, self.config.delay_s)
             time.sleep(self.config.delay_s)
         meta = {"bootstrap_room": room, "served_by": served_by}
         log.info(

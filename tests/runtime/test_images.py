@@ -142,6 +142,7 @@ def test_every_pip_pin_matches_a_project_pin():
         "flashinfer-python": versions.FLASHINFER_VERSION,
         "sgl-flash-mla": versions.FLASH_MLA_VERSION,
         versions.ROUTER_PACKAGE: versions.ROUTER_VERSION,
+        "sgl-eval": versions.SGL_EVAL_VERSION,
     }
     seen = 0
     for path in DOCKERFILES:
@@ -151,6 +152,24 @@ def test_every_pip_pin_matches_a_project_pin():
             seen += 1
             assert known.get(name.lower()) == ver, f"{path.name}: {name}=={ver}"
     assert seen >= 5
+
+
+def test_the_harness_list_is_exact_and_agrees_with_the_project():
+    """EVAL_PACKAGES (the image's /opt/eval, the tests' `eval` env): every version exact, SGLang
+    and sgl-eval as pinned, and where it meets pyproject the same version, but huggingface-hub
+    (datasets 4.8.5 wants <2: the reason the harness has its own folder)."""
+    pins = {}
+    for req in versions.EVAL_PACKAGES:
+        name, sep, ver = req.partition("==")
+        assert sep and ver and not re.search(r"[<>=!~*,; ]", ver), req
+        pins[re.sub(r"[-_.]+", "-", name).lower()] = ver
+    assert len(pins) == len(versions.EVAL_PACKAGES)  # no package twice
+    assert pins["sglang"] == versions.SGLANG_VERSION and pins["sgl-eval"] == versions.SGL_EVAL_VERSION
+    project = {re.sub(r"[-_.]+", "-", k): v for k, v in _project_pins().items()}
+    clashes = {n: (v, project[n]) for n, v in pins.items() if n in project and project[n] != v}
+    assert clashes == {"huggingface-hub": ("1.33.0", "2.4.0")}
+    assert "DSA_EVAL_PYTHONPATH=/opt/eval" in DOCKERFILES[1].read_text()
+    assert versions.EVAL_TARGET == "/opt/eval"
 
 
 def test_sglang_version_is_the_project_default():

@@ -14,6 +14,7 @@ CLI::
 
     python tests/sglang_compat/envs.py ensure 0.5.23        # or 0.5.12, 0.5.16, router, smg, all
     python tests/sglang_compat/envs.py ensure validate-0.5.23   # + what SGLang's validation imports
+    python tests/sglang_compat/envs.py ensure eval          # the accuracy harness, as the image has it
     python tests/sglang_compat/envs.py parse 0.5.23 -- --model-path m --tp-size 8
     python tests/sglang_compat/envs.py describe 0.5.23      # every action of the parser, as JSON
 """
@@ -209,6 +210,12 @@ SERVER_MODULES = {"sglang.launch_server"}
 
 DEFAULT_ROUTER = "sglang_router"
 
+# The accuracy harness (`dsa-runtime evaluate`): few_shot_gsm8k and sgl-eval, exactly the list the
+# runtime image installs into its own --target dir (dsa_runtime.versions.EVAL_PACKAGES), with torch
+# from the shared dir as the image's venv provides it. Put on the harness's PYTHONPATH through
+# DSA_EVAL_PYTHONPATH.
+EVAL_ENV = "eval"
+
 
 # --------------------------------------------------------------------------------------------
 # Installation
@@ -289,7 +296,13 @@ def _install(name: str, packages: Sequence[str]) -> Path:
 
 
 def env_names() -> list[str]:
-    return [*SGLANG_PACKAGES, *ROUTER_PACKAGES, *(f"validate-{v}" for v in VALIDATION_PACKAGES)]
+    return [*SGLANG_PACKAGES, *ROUTER_PACKAGES, *(f"validate-{v}" for v in VALIDATION_PACKAGES), EVAL_ENV]
+
+
+def eval_packages() -> list[str]:
+    from dsa_runtime.versions import EVAL_PACKAGES
+
+    return list(EVAL_PACKAGES)
 
 
 def torch_path() -> Path:
@@ -305,6 +318,8 @@ def ensure(name: str) -> list[Path]:
         return [own, torch]
     if name in ROUTER_PACKAGES:
         return [_install(f"router-{name}", ROUTER_PACKAGES[name])]
+    if name == EVAL_ENV:
+        return [_install(EVAL_ENV, eval_packages()), torch_path()]
     if name.startswith("validate-") and name[len("validate-") :] in VALIDATION_PACKAGES:
         version = name[len("validate-") :]
         return [_install(name, VALIDATION_PACKAGES[version]), *ensure(version)]
