@@ -228,3 +228,52 @@ def test_stop_ends_keep_alive_connections_like_an_exiting_process(engine):
         conn.request("GET", "/health")
         conn.getresponse()
     conn.close()
+
+
+# ---- the answer book ------------------------------------------------------------------------------
+
+BOOK = {"What is 2+3?": "It is 5.", "What is 4+4?": "It is 8.", "What is 4+4? Twice?": "It is 16."}
+
+
+def test_the_known_question_that_ends_last_is_answered():
+    few_shot = "Question: What is 2+3?\nAnswer: It is 5.\n\nQuestion: What is 4+4?\nAnswer:"
+    assert S.book_reply(BOOK, few_shot) == "It is 8."
+    # the question asked is one of the shots: its last occurrence counts
+    shot_asked = (
+        "Question: What is 2+3?\nAnswer: 5\n\nQuestion: What is 4+4?\nAnswer: 8\n\nQuestion: What is 2+3?"
+    )
+    assert S.book_reply(BOOK, shot_asked) == "It is 5."
+    assert S.book_reply(BOOK, "Q: What is 4+4? Twice?") == "It is 16."  # not the question inside it
+    assert S.book_reply(BOOK, "something else") is None
+    assert S.prompt_text({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]}]}) == "a"
+    assert S.prompt_text({"prompt": ["x", "y"]}) == "x\ny" and S.prompt_text({"text": "t"}) == "t"
+
+
+def test_every_generation_form_answers_from_the_book(engine):
+    e = engine(sim_config(answers=BOOK))
+    ask = "Solve this.\n\nWhat is 2+3?"
+    chat = {"model": "m", "messages": [{"role": "user", "content": ask}]}
+    assert (
+        request(e.url + "/v1/chat/completions", "POST", chat)[2]["choices"][0]["message"]["content"]
+        == "It is 5."
+    )
+    comp = request(e.url + "/v1/completions", "POST", {"model": "m", "prompt": ask})[2]
+    assert comp["choices"][0]["text"] == "It is 5." and comp["usage"]["completion_tokens"] == 3
+    gen = request(e.url + "/generate", "POST", {"text": ask, "sampling_params": {}})[2]
+    assert gen["text"] == "It is 5." and gen["meta_info"]["completion_tokens"] == 3
+    _, _, raw = request(e.url + "/v1/chat/completions", "POST", {**chat, "stream": True})
+    assert '"content": "It is 5."' in raw
+    unknown = request(e.url + "/v1/completions", "POST", {"model": "m", "prompt": "hi"})[2]
+    assert unknown["choices"][0]["text"] == S.reply_text(e.config.who)  # the usual reply
+
+
+def test_the_book_and_delay_come_from_the_environment(tmp_path):
+    cfg = sim_config()
+    book = tmp_path / "book.json"
+    book.write_text(json.dumps(BOOK))
+    got = S.with_env_extras(cfg, {"DSA_SIMULATOR_ANSWERS": str(book), "DSA_SIMULATOR_DELAY_SECONDS": "0.5"})
+    assert got.answers == BOOK and got.delay_s == 0.5
+    assert S.with_env_extras(cfg, {}) is cfg
+    book.write_text('["not", "a", "book"]')
+    with pytest.raises(ValueError, match="answer book"):
+        S.load_answer_book(str(book))
