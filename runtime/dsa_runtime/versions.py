@@ -119,7 +119,7 @@ PINS: dict[str, str] = {
     "ROUTER_PACKAGE": ROUTER_PACKAGE,
     "ROUTER_VERSION": ROUTER_VERSION,
     "CUDA_BASE_IMAGE": CUDA_BASE_IMAGE,
-    "SGL_EVAL_VERSION": SGL_EVAL_VERSION,
+    "SGLEVAL_VERSION": SGL_EVAL_VERSION,  # not SGL_…: SGLang warns about SGL_* variables
 }
 """Dockerfile ARG name -> value, for the drift test."""
 
