@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from dsa_operator.api import Base, cel
+from dsa_operator.api import Base
 from dsa_operator.errors import PlanError, Problem
 from dsa_operator.suites import SuiteName
 
@@ -28,14 +28,18 @@ SUITE_OPTIONS: dict[str, tuple[str, ...]] = {
 
 
 def _suite_rules() -> dict[str, Any]:
+    """The API server's copy of SUITE_OPTIONS: one CEL rule per setting, reported at its field."""
     rules = []
     for opt, suites in SUITE_OPTIONS.items():
         allowed = " || ".join(f"self.suite == '{s}'" for s in suites)
         rules.append(
-            (f"!has(self.settings) || !has(self.settings.{opt}) || {allowed}",
-             f"settings.{opt} applies to {', '.join(suites)} only")
-        )  # fmt: skip
-    return cel(*rules)
+            {
+                "rule": f"!has(self.settings) || !has(self.settings.{opt}) || {allowed}",
+                "message": f"applies to {', '.join(suites)} only",
+                "fieldPath": f".settings.{opt}",
+            }
+        )
+    return {"x-kubernetes-validations": rules}
 
 
 class EvaluationSettings(Base):
