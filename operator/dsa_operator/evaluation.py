@@ -184,8 +184,11 @@ def decide(
         d.status = _status(old, gen, now, phase="WaitingForModel", model=(False, "ModelNotReady", why))
         return d
     runtime = parse_spec(model["spec"]).runtime  # planned already: it parses, defaults filled in
-    host = f"{plan.endpoint.service}.{plan.namespace}.svc"
-    target = Target(host, plan.endpoint.port, "endpoint")
+    if spec.endpoint:
+        host, _, port = spec.endpoint.removeprefix("http://").rstrip("/").rpartition(":")
+        target = Target(host, int(port), "spec.endpoint")
+    else:
+        target = Target(f"{plan.endpoint.service}.{plan.namespace}.svc", plan.endpoint.port, "endpoint")
     d.create = build_job(
         name=name,
         ev_spec=spec,

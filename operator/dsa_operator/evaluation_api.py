@@ -115,6 +115,13 @@ class DSAEvaluationSpec(Base):
     hf_token_secret: SecretKeyRef | None = Field(
         None, description="Hugging Face token for gated data sets (gpqa-diamond): HF_TOKEN of the Job."
     )
+    endpoint: str | None = Field(
+        None,
+        pattern=r"^http://[A-Za-z0-9.-]+:[0-9]{1,5}/?$",
+        description="Ask this http://host:port instead of the model's endpoint Service (a gateway "
+        "in front of it, or a cluster whose Services have no ClusterIP routing). The model must "
+        "still be Ready.",
+    )
     image: str | None = Field(
         None, min_length=1, description="Harness image. Default: the model's runtime image."
     )
