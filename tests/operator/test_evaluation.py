@@ -344,3 +344,18 @@ def test_the_same_inputs_twice_give_the_same_status(scene):
     e2 = ev(status=first, **e["spec"])
     second = decide(e2, m, PLAN if m else None, jobs, pods, "1/2", "2026-04-01T00:00:00Z").status
     assert second == first
+
+
+def test_spec_endpoint_is_asked_instead_of_the_endpoint_service():
+    d = decide(ev(endpoint="http://gateway.llm:8080"), model(), PLAN, [], {}, None, T0)
+    (c,) = d.create["spec"]["template"]["spec"]["containers"]
+    assert c["args"][c["args"].index("--host") + 1] == "gateway.llm"
+    assert c["args"][c["args"].index("--port") + 1] == "8080"
+    assert d.status["endpoint"] == "http://gateway.llm:8080"
+
+
+@pytest.mark.parametrize("url", ["https://gw:443", "http://gw", "http://gw:80/v1", "gw:80"])
+def test_a_malformed_endpoint_is_refused_at_its_field(url):
+    d = decide(ev(endpoint=url), model(), PLAN, [], {}, None, T0)
+    assert d.create is None and d.status["phase"] == "Invalid"
+    assert "spec.endpoint" in cond(d.status, "Valid")["message"]
