@@ -36,6 +36,7 @@ def _suite_rules() -> dict[str, Any]:
             {
                 "rule": f"!has(self.settings) || !has(self.settings.{opt}) || {allowed}",
                 "message": f"applies to {', '.join(suites)} only",
+                "messageExpression": f"'applies to {', '.join(suites)} only, not ' + self.suite",
                 "fieldPath": f".settings.{opt}",
             }
         )

@@ -254,6 +254,25 @@ def test_chart_webhook_refuses_invalid_model(cluster, ops) -> None:
     assert "spec.serving.parallelism.contextParallel.mode" in r.stderr
 
 
+def test_api_server_and_webhook_refuse_an_invalid_evaluation(cluster, ops) -> None:
+    """The CRD's rules refuse a bad DSAEvaluation at the field's own path before anything is stored:
+    a setting its suite does not take (CEL, naming the suite given), a score out of range."""
+    ns = model_ns(cluster)
+    bad = {
+        "apiVersion": "serving.dsa.dev/v1alpha1",
+        "kind": "DSAEvaluation",
+        "metadata": {"name": "bad", "namespace": ns},
+        "spec": {"model": "m", "suite": "aime25", "settings": {"numShots": 8}},
+    }
+    r = cluster.apply(bad, check=False)
+    assert r.returncode != 0, r.stdout
+    assert "spec.settings.numShots" in r.stderr and "applies to gsm8k only, not aime25" in r.stderr, r.stderr
+    bad["spec"] = {"model": "m", "suite": "gsm8k", "expected": {"score": 1.5}}
+    r = cluster.apply(bad, check=False)
+    assert r.returncode != 0 and "spec.expected.score" in r.stderr, r.stderr
+    assert cluster.kubectl_json("get", "dsaevaluations", "-n", ns)["items"] == []
+
+
 def test_operator_with_chart_rights_reconciles_to_ready(cluster, ops) -> None:
     ns = model_ns(cluster)
     cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "03-pure-tp.yaml"))
