@@ -108,6 +108,19 @@ for b in "${CTRD_BINS[@]}"; do link "$b" "$CONTAINERD_VERSION"; done
 
 build_one coredns "$COREDNS_VERSION" coredns github.com/coredns/coredns dsa-operator/tests/cluster/coredns ""
 
+# ---- Kueue (gang admission, topology-aware scheduling), and its CRDs and webhook manifests -----
+build_one kueue "$KUEUE_VERSION" kueue sigs.k8s.io/kueue sigs.k8s.io/kueue/cmd/kueue \
+  "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
+kdir="$CACHE/kueue-manifests-$KUEUE_VERSION"
+if [[ "${FORCE:-0}" == 1 || ! -f "$kdir/webhook.yaml" ]]; then
+  src="$(cd "$HERE/modules/kueue" && go mod download -json sigs.k8s.io/kueue | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  tmp="$(mktemp -d "$CACHE/.kueue-manifests.XXXXXX")"
+  cp "$src"/config/components/crd/bases/*.yaml "$tmp/"
+  cp "$src/config/components/webhook/manifests.yaml" "$tmp/webhook.yaml"
+  chmod 644 "$tmp"/*.yaml; rm -rf "$kdir"; mv "$tmp" "$kdir"; built+=(kueue-manifests)
+fi
+ln -sfn "$kdir" "$LINKDIR/kueue-manifests"
+
 # ---- pause: build/pause/linux/pause.c of the Kubernetes module, static, as an OCI archive ---
 if need pause "$PAUSE_VERSION"; then
   src="$(cd "$HERE/modules/kubernetes" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"

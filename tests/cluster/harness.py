@@ -64,6 +64,10 @@ from tests.cluster import oci, realnet, realnode  # noqa: E402
 
 STATE_DIR = ROOT / ".cluster"
 KWOK_STAGES = HERE / "kwok-stages.yaml"
+CPU_NODE_PREFIX = "cpu-node"
+UNSHARE_MOUNT = ("unshare", "--mount", "--propagation", "private", "--")
+# Namespaces with this label set to "enabled" are the ones the test cluster's Kueue manages.
+KUEUE_NAMESPACE_LABEL = "dsa-operator.test/kueue"
 BUILD_SH = HERE / "build.sh"
 
 SERVICE_CIDR = "10.0.0.0/24"
@@ -119,7 +123,7 @@ def versions() -> dict[str, str]:
 
 def binary_paths() -> dict[str, Path]:
     """Where each component binary is expected (cache keyed by version, or DSA_CLUSTER_BIN_DIR)."""
-    names = ("etcd", "kwok", "helm", *K8S_COMPONENTS, *CONTAINERD_COMPONENTS, "coredns")
+    names = ("etcd", "kwok", "helm", *K8S_COMPONENTS, *CONTAINERD_COMPONENTS, "coredns", "kueue")
     override = os.environ.get("DSA_CLUSTER_BIN_DIR")
     if override:
         return {n: Path(override) / n for n in names}
@@ -128,7 +132,16 @@ def binary_paths() -> dict[str, Path]:
     ver.update({n: v["K8S_VERSION"] for n in K8S_COMPONENTS})
     ver.update({n: v["CONTAINERD_VERSION"] for n in CONTAINERD_COMPONENTS})
     ver["coredns"] = v["COREDNS_VERSION"]
+    ver["kueue"] = v["KUEUE_VERSION"]
     return {n: _bin_cache() / f"{n}-{ver[n]}" for n in names}
+
+
+def kueue_manifests() -> Path:
+    """Kueue's CRDs and webhook manifests, copied from its module by build.sh."""
+    override = os.environ.get("DSA_CLUSTER_BIN_DIR")
+    if override:
+        return Path(override) / "kueue-manifests"
+    return _bin_cache() / f"kueue-manifests-{versions()['KUEUE_VERSION']}"
 
 
 def _bin_cache() -> Path:
@@ -421,6 +434,12 @@ class Cluster:
     # (default: DSA_CLUSTER_NET_INDEX, else the lowest free one).
     real_nodes: int = 0
     real_cpu_nodes: int = 1
+    # kwok nodes without GPUs (cpu-node-<i>): where routers and other GPU-free pods belong.
+    cpu_nodes: int = 0
+    # Run Kueue (built from its module, as a host process, webhooks on 127.0.0.1) once the nodes
+    # are Ready. It manages only namespaces labelled KUEUE_NAMESPACE_LABEL=enabled, so the rest of
+    # the cluster never waits on it.
+    kueue: bool = False
     net_index: int | None = None
     workdir: Path | None = None
     keep: bool = field(default_factory=lambda: os.environ.get("DSA_CLUSTER_KEEP") == "1")
@@ -549,7 +568,9 @@ class Cluster:
                 deadline,
             )
             self._wait(lambda: self._http_ok(f"http://127.0.0.1:{self.kwok_port}/healthz"), "kwok", deadline)
-            self._wait(self._nodes_ready, f"{self.nodes + self.real_nodes} nodes Ready", deadline)
+            self._wait(
+                self._nodes_ready, f"{self.nodes + self.cpu_nodes + self.real_nodes} nodes Ready", deadline
+            )
             if self.real_nodes:
                 self.real_nodes_seconds = time.monotonic() - self._real_t0
             self._wait(
@@ -560,6 +581,8 @@ class Cluster:
                 "default ServiceAccount",
                 deadline,
             )
+            if self.kueue:
+                self._start_kueue(deadline)
         except BaseException:
             self._dump_logs()
             self.stop()
@@ -761,8 +784,12 @@ class Cluster:
         )
 
     def node_names(self) -> list[str]:
-        """The kwok (fake) nodes."""
+        """The kwok (fake) GPU nodes."""
         return [f"{self.node_prefix}-{i}" for i in range(self.nodes)]
+
+    def cpu_node_names(self) -> list[str]:
+        """The kwok (fake) nodes without GPUs."""
+        return [f"{CPU_NODE_PREFIX}-{i}" for i in range(self.cpu_nodes)]
 
     def real_node_names(self, gpu: bool | None = None) -> list[str]:
         """The real nodes: all, or only the GPU-like (gpu=True) or CPU ones (gpu=False)."""
@@ -1196,6 +1223,89 @@ class Cluster:
             ],
         )
 
+    # ---- Kueue ------------------------------------------------------------------------
+    def _kueue_webhooks(self, url: str) -> list[dict]:
+        """Kueue's own webhook configurations, served at `url` instead of a Service: only those
+        for its API and for pods and StatefulSets (the integration in use; a webhook for another
+        framework would refuse, say, every batch Job, since nothing serves it here), and those for
+        pods and StatefulSets only in namespaces labelled for Kueue."""
+        import yaml
+
+        docs = list(yaml.safe_load_all((kueue_manifests() / "webhook.yaml").read_text()))
+        only = {"matchLabels": {KUEUE_NAMESPACE_LABEL: "enabled"}}
+        for doc in docs:
+            kept = []
+            for hook in doc["webhooks"]:
+                groups = {g for r in hook.get("rules", []) for g in r.get("apiGroups", [])}
+                resources = {x for r in hook.get("rules", []) for x in r.get("resources", [])}
+                if groups == {"kueue.x-k8s.io"} or resources in ({"pods"}, {"statefulsets"}):
+                    path = hook["clientConfig"]["service"]["path"]
+                    hook["clientConfig"] = {"url": f"{url}{path}", "caBundle": self.ca_bundle_b64}
+                    if groups != {"kueue.x-k8s.io"}:
+                        hook["namespaceSelector"] = only
+                    kept.append(hook)
+            doc["webhooks"] = kept
+            doc["metadata"] = {"name": f"kueue-{doc['metadata']['name']}"}
+        return docs
+
+    def _start_kueue(self, deadline: float) -> None:
+        """Kueue's CRDs, its webhooks, then the manager itself, with a configuration that enables
+        the StatefulSet integration and leaves leader election and certificate management out."""
+        import yaml
+
+        crds = sorted(kueue_manifests().glob("kueue.x-k8s.io_*.yaml"))
+        self.kubectl("apply", "--server-side", *(a for c in crds for a in ("-f", str(c))))
+        for c in crds:
+            self.wait_established(c.stem.split("_", 1)[1] + ".kueue.x-k8s.io")
+        self.kubectl("create", "namespace", "kueue-system")
+        webhook_port, health_port, metrics_port, visibility_port = _free_ports(4)
+        self.kueue_metrics_port = metrics_port
+        crt, key = self.mint_serving_cert("kueue")
+        cert_dir = self.workdir / "kueue-certs"
+        cert_dir.mkdir(exist_ok=True)
+        shutil.copy(crt, cert_dir / "tls.crt")
+        shutil.copy(key, cert_dir / "tls.key")
+        managed = {"matchLabels": {KUEUE_NAMESPACE_LABEL: "enabled"}}
+        config = {
+            "apiVersion": "config.kueue.x-k8s.io/v1beta2",
+            "kind": "Configuration",
+            "namespace": "kueue-system",
+            "health": {"healthProbeBindAddress": f"127.0.0.1:{health_port}"},
+            "metrics": {"bindAddress": f"127.0.0.1:{metrics_port}"},
+            "webhook": {"host": "127.0.0.1", "port": webhook_port, "certDir": str(cert_dir)},
+            "leaderElection": {"leaderElect": False},
+            "internalCertManagement": {"enable": False},
+            "manageJobsWithoutQueueName": False,
+            "managedJobsNamespaceSelector": managed,
+            "clientConnection": {"qps": 50, "burst": 100},
+            "integrations": {"frameworks": ["statefulset"]},
+        }
+        cfg = self.workdir / "kueue-config.yaml"
+        cfg.write_text(yaml.safe_dump(config))
+        # With its own certificate management off, Kueue reads the metrics certificate from the
+        # fixed path /etc/kueue/metrics/certs (cmd/kueue/main.go), where its pod would mount a
+        # Secret. Here a private mount namespace lays an overlay on /etc holding it: the host's
+        # /etc is not touched, and the mount ends with the process.
+        over = self.workdir / "kueue-etc"
+        for d in ("upper/kueue/metrics/certs", "work"):
+            (over / d).mkdir(parents=True, exist_ok=True)
+        shutil.copy(crt, over / "upper/kueue/metrics/certs/tls.crt")
+        shutil.copy(key, over / "upper/kueue/metrics/certs/tls.key")
+        argv = [
+            str(self.bins["kueue"]),
+            f"--config={cfg}",
+            f"--visibility-server-port={visibility_port}",
+            "--feature-gates=VisibilityOnDemand=false",
+        ]
+        mount = f"mount -t overlay overlay -o lowerdir=/etc,upperdir={over}/upper,workdir={over}/work /etc"
+        self._spawn(
+            "kueue",
+            [*UNSHARE_MOUNT, "sh", "-c", f'{mount} && exec "$@"', "sh", *argv],
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+        )
+        self._wait(lambda: self._http_ok(f"http://127.0.0.1:{health_port}/readyz"), "kueue", deadline)
+        self.apply(self._kueue_webhooks(f"https://127.0.0.1:{webhook_port}"))
+
     def node_manifest(self, i: int) -> dict:
         name = f"{self.node_prefix}-{i}"
         res = {
@@ -1237,9 +1347,24 @@ class Cluster:
             "status": {"capacity": res, "allocatable": dict(res), "phase": "Running"},
         }
 
+    def cpu_node_manifest(self, i: int) -> dict:
+        """A kwok node with no GPU: no GPU resource, product label or taint."""
+        node = self.node_manifest(i)
+        name = f"{CPU_NODE_PREFIX}-{i}"
+        node["metadata"]["name"] = name
+        lbl = node["metadata"]["labels"]
+        for key in [k for k in lbl if k.startswith("nvidia.com/") or k == self.rack_label]:
+            del lbl[key]
+        lbl["kubernetes.io/hostname"] = name
+        for res in (node["status"]["capacity"], node["status"]["allocatable"]):
+            del res["nvidia.com/gpu"]
+        return node
+
     def _create_nodes(self) -> None:
-        if self.nodes:
-            self.apply([self.node_manifest(i) for i in range(self.nodes)])
+        nodes = [self.node_manifest(i) for i in range(self.nodes)]
+        nodes += [self.cpu_node_manifest(i) for i in range(self.cpu_nodes)]
+        if nodes:
+            self.apply(nodes)
 
     def _nodes_ready(self) -> bool:
         items = self.kubectl_json("get", "nodes").get("items", [])
@@ -1255,7 +1380,7 @@ class Cluster:
                 or n["status"].get("allocatable", {}).get("nvidia.com/gpu") == str(self.gpus_per_node)
             )
         }
-        if not set(self.node_names() + self.real_node_names()) <= ready:
+        if not set(self.node_names() + self.cpu_node_names() + self.real_node_names()) <= ready:
             return False
         return not self.real or self._http_ok(self._coredns_ready_url)
 
