@@ -20,7 +20,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
-from dsa_operator import GROUP, KIND, PLURAL, VERSION
+from dsa_operator import GROUP, KIND, PLURAL, VERSION, admission
 
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "dsa-operator"
@@ -115,6 +115,19 @@ class Kube:
             )
         except ApiException as e:
             if e.status == 404:
+                return None
+            raise
+
+    def get_workload(self, namespace: str, name: str) -> Obj | None:
+        """A Kueue Workload, or None when it is gone, Kueue is not installed, or the operator may
+        not read it (the status then says so instead of quoting Kueue)."""
+        group, version, plural = admission.WORKLOAD_API
+        try:
+            return client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+                group, version, namespace, plural, name
+            )
+        except ApiException as e:
+            if e.status in (403, 404):
                 return None
             raise
 

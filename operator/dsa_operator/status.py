@@ -85,9 +85,13 @@ def compute_status(
     generation: int | None,
     now: str,
     gate: Obj | None = None,
+    queue: str | None = None,
+    admission: list[str] | None = None,
 ) -> Obj:
     """`rolling`: groups being restarted for a spec change; `backing_off`: failed groups waiting;
-    `gate`: the RolloutGate condition of a gated rollout (spec.rollout.gate)."""
+    `gate`: the RolloutGate condition of a gated rollout (spec.rollout.gate); `queue`: the Kueue
+    LocalQueue the groups are admitted through (spec.placement.queueName), `admission`: for each
+    group Kueue holds back, its pods and Kueue's reason."""
     wanted = {(r.role, g.group) for r in plan.roles for g in r.groups}
     current = [g for g in groups if (g.role, g.index) in wanted]
     ready = [g for g in current if g.ready]
@@ -147,13 +151,27 @@ def compute_status(
             ),
         ),
     ]
+    if queue:
+        conditions.append(
+            _condition(
+                "Admitted",
+                not admission,
+                "WaitingForAdmission" if admission else "Admitted",
+                (
+                    f"Kueue admits each group whole or not at all (queue {queue}); waiting: "
+                    + "; ".join(admission)
+                    if admission
+                    else f"every running group admitted by Kueue through queue {queue}"
+                ),
+            )
+        )
     if gate is not None:
         conditions.append(gate)
     if all_ready:
         phase = "Ready"
     elif failed or held:
         phase = "Degraded"
-    elif unsched and not ready:
+    elif (unsched or admission) and not ready:
         phase = "Pending"
     else:
         phase = "Progressing"

@@ -112,3 +112,33 @@ def test_a_gated_rollout_says_why_it_is_held_and_the_condition_holds_still():
 def test_no_gate_no_rollout_gate_condition():
     s = status([gv("prefill"), gv("decode")])
     assert "RolloutGate" not in [c["type"] for c in s["conditions"]]
+
+
+def test_a_group_waiting_for_kueue_says_so_in_kueues_words():
+    waits = ["m-serving-0-0, m-serving-0-1: Workload w in queue q: Pending: topology does not fit"]
+    s = compute_status(
+        P, [gv("prefill", ready=False), gv("decode")], True, [], [], {}, 3, "t", queue="q", admission=waits
+    )
+    c = cond(s, "Admitted")
+    assert (c["status"], c["reason"]) == ("False", "WaitingForAdmission")
+    assert "queue q" in c["message"] and "topology does not fit" in c["message"]
+    assert s["phase"] == "Progressing"  # one group is ready: not Pending as a whole
+    s = compute_status(
+        P,
+        [gv("prefill", ready=False), gv("decode", ready=False)],
+        True,
+        [],
+        [],
+        {},
+        3,
+        "t",
+        queue="q",
+        admission=waits,
+    )
+    assert s["phase"] == "Pending"
+    s = compute_status(P, [gv("prefill"), gv("decode")], True, [], [], {}, 3, "t", queue="q", admission=[])
+    assert cond(s, "Admitted")["status"] == "True" and s["phase"] == "Ready"
+
+
+def test_no_queue_no_admitted_condition():
+    assert not [c for c in status([gv("prefill"), gv("decode")])["conditions"] if c["type"] == "Admitted"]

@@ -138,6 +138,13 @@ RBAC in the namespaces holding DSAModels: exactly what the operator's code does 
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- if .Values.kueue.readWorkloads }}
+# Kueue's Workloads of queued groups (spec.placement.queueName): read only while a group waits for
+# admission, to quote Kueue's reason in the DSAModel's status.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get]
+{{- end }}
 {{- end }}
 
 {{/*
