@@ -25,9 +25,32 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveInt = Annotated[int, Field(ge=1)]
 
 
-def cel(*rules: tuple[str, str]) -> dict[str, Any]:
-    """`x-kubernetes-validations` for a model's schema: (CEL rule, message) pairs."""
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+# A Kubernetes label key (a qualified name): an optional DNS-subdomain prefix and `/`, then a name of
+# at most 63 alphanumerics, `-`, `_` and `.`, starting and ending alphanumeric (apimachinery's
+# validation.IsQualifiedName).
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_KEY_MAX = 253 + 1 + 63  # prefix, `/`, name
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # RFC 1123 label (at most 63 characters)
+_PATTERN_MEANING = {
+    LABEL_KEY_PATTERN: "must be a Kubernetes label key: an optional DNS-subdomain prefix and '/', then "
+    "at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit "
+    "(e.g. topology.kubernetes.io/zone)",
+    DNS_LABEL_PATTERN: "must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending "
+    "with a letter or digit, at most 63 characters",
+}
+
+
+def cel(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
+    """`x-kubernetes-validations` for a model's schema: (CEL rule, message[, fieldPath]) tuples. A
+    fieldPath (relative to the object the rule is on, e.g. `.placement.exclusive`) makes the API
+    server report the refusal at that field rather than at the object."""
+    out = []
+    for rule, message, *field in rules:
+        out.append({"rule": rule, "message": message, **({"fieldPath": field[0]} if field else {})})
+    return {"x-kubernetes-validations": out}
 
 
 class Base(BaseModel):
@@ -308,6 +331,52 @@ class RouterSpec(Base):
     )
     prometheus_port: Port = Field(29000, description="Router metrics port.")
     extra_args: list[str] = Field(default_factory=list, description="Appended to the router.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Router pods' nodeSelector (the router needs no GPU)."
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Router pods' tolerations, as in a PodSpec. None by default: GPU nodes' taints "
+        "keep the router off them.",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+    affinity: dict[str, Any] | None = Field(
+        None,
+        description="Router pods' affinity, as in a PodSpec. Unset: a required node affinity that keeps "
+        "them off GPU nodes (nodes with a GPU product label: nvidia.com/gpu.product, "
+        "amd.com/gpu.product-name). {}: no affinity, the router may land anywhere. Anything else "
+        "replaces that default.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class PlacementSpec(Base):
+    """Where engine groups land: one topology domain per group, and all-or-nothing admission."""
+
+    topology_key: str | None = Field(
+        None,
+        max_length=LABEL_KEY_MAX,
+        pattern=LABEL_KEY_PATTERN,
+        description="A node label naming a topology domain (a rack, an NVLink domain, an IB switch), "
+        "e.g. topology.dsa-operator.io/rack or topology.kubernetes.io/zone. Set: all pods of a "
+        "multi-node group must land in one domain (required pod affinity), and groups of one role "
+        "prefer distinct domains (preferred pod anti-affinity).",
+    )
+    exclusive: bool = Field(
+        False,
+        description="One group per domain of topologyKey: no engine pod of another group (of any "
+        "DSAModel, in any namespace) may share it (as LeaderWorkerSet's "
+        "leaderworkerset.sigs.k8s.io/exclusive-topology). Needs topologyKey.",
+    )
+    queue_name: str | None = Field(
+        None,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="A Kueue LocalQueue in this namespace. Set: each group's StatefulSet is labelled "
+        "kueue.x-k8s.io/queue-name and Kueue admits a group's pods all together or not at all; with "
+        "topologyKey, Kueue also picks one domain with room for the whole group "
+        "(kueue.x-k8s.io/podset-required-topology). Needs Kueue's StatefulSet integration.",
+    )
 
 
 class StorageSpec(Base):
@@ -334,7 +403,7 @@ class RolloutGateSpec(Base):
     evaluation: str = Field(
         min_length=1,
         max_length=63,
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        pattern=DNS_LABEL_PATTERN,
         description="A DSAEvaluation in this namespace: its suite, settings, reference and tolerance "
         "are run against the first updated group's rank 0 alone, not the shared endpoint.",
     )
@@ -364,6 +433,13 @@ class DSAModelSpec(Base):
                 " && has(self.features.toolCalling) && self.features.toolCalling)",
                 "DeepSeek-V3.2-Speciale does not support tool calling",
             ),
+            (
+                "!has(self.placement) || !has(self.placement.exclusive) || !self.placement.exclusive"
+                " || has(self.placement.topologyKey)",
+                "exclusive needs placement.topologyKey: one group per domain needs the node label "
+                "that names the domains",
+                ".placement.exclusive",
+            ),
         )
     )
     model: ModelSpec = Field(description="The model.")
@@ -379,6 +455,9 @@ class DSAModelSpec(Base):
     router: RouterSpec = Field(default_factory=RouterSpec, description="The router.")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Model weights.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Update policy.")
+    placement: PlacementSpec = Field(
+        default_factory=PlacementSpec, description="Topology domains and Kueue admission of engine groups."
+    )
 
 
 class Condition(Base):
@@ -467,6 +546,8 @@ def parse_spec(spec: Any) -> DSAModelSpec:
                 msg = "unknown field"
             elif err["type"] == "literal_error":
                 msg = f"must be one of {err['ctx']['expected']}"
+            elif err["type"] == "string_pattern_mismatch" and err["ctx"]["pattern"] in _PATTERN_MEANING:
+                msg = f"{_PATTERN_MEANING[err['ctx']['pattern']]}; got {err['input']!r}"
             problems.append(Problem(_path(loc), msg))
         raise PlanError(problems) from None
 

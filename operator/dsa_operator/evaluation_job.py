@@ -7,7 +7,8 @@ log access; the operator then copies it onto the Job (`RESULT`), where it outliv
 
 A Job never retries (`backoffLimit: 0`): a harness that failed is an outcome to report, and a
 second run would double the GPU time silently. It has a deadline (`activeDeadlineSeconds`), so a
-hung endpoint ends as a failed Job, not a run that never finishes.
+hung endpoint ends as a failed Job, not a run that never finishes. It asks for no GPU and stays
+off GPU nodes (`placement.away_from_gpu_nodes`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Literal
 
 from dsa_operator import labels
 from dsa_operator.evaluation_api import DSAEvaluationSpec
+from dsa_operator.placement import away_from_gpu_nodes
 from dsa_operator.render import content_hash
 from dsa_operator.suites import Settings
 
@@ -148,6 +150,8 @@ def render_job(
                         }
                     ],
                     "volumes": volumes,
+                    # It needs no GPU: off GPU nodes, and no GPU toleration.
+                    "affinity": away_from_gpu_nodes(),
                 },
             },
         },

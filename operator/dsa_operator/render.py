@@ -8,7 +8,8 @@ revision: pods still running keep the plan they started with, and the rollout re
 them group by group. Rank = pod ordinal, handed in through the downward API.
 
 For a router: its ServiceAccount, a Role that reads pods (nothing else), the binding, the
-Deployment and its plan. A Service named after the DSAModel is the endpoint.
+Deployment and its plan. A Service named after the DSAModel is the endpoint. Where pods land
+(tolerations, affinity, the group-key label, Kueue's queue label) comes from `placement`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import hashlib
 import json
 from typing import Any
 
-from dsa_operator import GROUP, KIND, VERSION, labels
+from dsa_operator import GROUP, KIND, VERSION, labels, placement
 from dsa_operator.api import DSAModelSpec, EngineSpec
 from dsa_operator.plan import Plan, PodPlan, RolePlan
 
@@ -131,27 +132,18 @@ def _probes(port: int, startup_timeout: int) -> Obj:
     }
 
 
-def _one_rank_per_node(group_selector: Obj) -> Obj:
-    """Ranks of one multi-node group on distinct nodes: SGLang's --nnodes counts hosts, each rank
-    drives all of its node's GPUs, and two ranks on one node would contend for them. GPU capacity
-    alone keeps them apart only where a node has exactly one rank's worth of GPUs."""
-    return {
-        "podAntiAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": [
-                {"labelSelector": {"matchLabels": group_selector}, "topologyKey": "kubernetes.io/hostname"}
-            ]
-        }
-    }
-
-
 def _engine_statefulset(
     plan: Plan, spec: DSAModelSpec, role: RolePlan, group: int, cm: Obj, owner: Obj
 ) -> Obj:
     es: EngineSpec = getattr(spec, role.role)
     sts = role.groups[group].stateful_set
     sel = {labels.MODEL: plan.name, labels.ROLE: role.role, labels.GROUP: str(group)}
-    pod_labels = {**sel, labels.COMPONENT: "engine", labels.MANAGED_BY: "dsa-operator"}
-    annotations = {PLAN_HASH: cm["metadata"]["name"].rsplit("-", 1)[1]}
+    key = placement.group_key(plan.namespace, plan.name, role.role, group)
+    pod_labels = {**sel, labels.COMPONENT: "engine", labels.MANAGED_BY: "dsa-operator", labels.GROUP_KEY: key}
+    annotations = {
+        PLAN_HASH: cm["metadata"]["name"].rsplit("-", 1)[1],
+        **placement.queue_pod_annotations(spec.placement),
+    }
     ports = [
         {"name": "http", "containerPort": role.port},
         {"name": "dist", "containerPort": es.dist_init_port},
@@ -206,18 +198,27 @@ def _engine_statefulset(
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.storage.shm_size}},
         ],
         "nodeSelector": node_selector,
-        "tolerations": list(spec.hardware.tolerations),
+        "tolerations": placement.engine_tolerations(plan.hardware.resource, spec.hardware.tolerations),
         "terminationGracePeriodSeconds": es.termination_grace_period_seconds,
         "enableServiceLinks": False,
     }
     if not init:
         del pod_spec["initContainers"]
-    if role.nodes_per_group > 1:
-        pod_spec["affinity"] = _one_rank_per_node(sel)
+    affinity = placement.engine_affinity(
+        spec.placement,
+        model=plan.name,
+        role=role.role,
+        group=group,
+        nodes=role.nodes_per_group,
+        own_key=key,
+    )
+    if affinity:
+        pod_spec["affinity"] = affinity
+    sts_labels = {labels.ROLE: role.role, labels.GROUP: str(group), **placement.queue_labels(spec.placement)}
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": _meta(sts, plan, owner, {labels.ROLE: role.role, labels.GROUP: str(group)}),
+        "metadata": _meta(sts, plan, owner, sts_labels),
         "spec": {
             "serviceName": sts,
             "replicas": role.nodes_per_group,
@@ -319,6 +320,7 @@ def _router_objects(plan: Plan, spec: DSAModelSpec, owner: Obj) -> list[Obj]:
                         }
                     ],
                     "volumes": [{"name": "plan", "configMap": {"name": cm["metadata"]["name"]}}],
+                    **placement.router_scheduling(spec.router),
                 },
             },
         },

@@ -213,6 +213,22 @@ def router_discovery_port(ctx: Context) -> Iterator[Problem]:
             )
 
 
+@rule(
+    "operator",
+    "LeaderWorkerSet: leaderworkerset.sigs.k8s.io/exclusive-topology names the node label of the "
+    "domains its groups hold one each",
+)
+def exclusive_domain_is_named(ctx: Context) -> Iterator[Problem]:
+    """One group per topology domain needs the node label that names the domains."""
+    p = ctx.spec.placement
+    if p.exclusive and not p.topology_key:
+        yield Problem(
+            "spec.placement.exclusive",
+            "one group per domain needs the domains: set spec.placement.topologyKey (a node label "
+            "key such as topology.dsa-operator.io/rack), or drop exclusive",
+        )
+
+
 @rule("operator", "dsa-operator: pods read the weights from the model volume")
 def model_source_in_volume(ctx: Context) -> Iterator[Problem]:
     """A path source must be inside the model volume, or no pod can read it."""

@@ -104,8 +104,16 @@ def test_the_job_is_unprivileged_and_has_no_api_credentials():
 
 def test_the_job_never_asks_for_a_gpu_nor_tolerates_gpu_nodes():
     ps = pod_spec(job_for())
-    assert "tolerations" not in ps and "nodeSelector" not in ps and "affinity" not in ps
-    text = json.dumps(ps)
+    assert "tolerations" not in ps and "nodeSelector" not in ps
+    # Kept off GPU nodes: every term requires the GPU product labels to be absent.
+    (term,) = ps["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert {(e["key"], e["operator"]) for e in term["matchExpressions"]} == {
+        ("nvidia.com/gpu.product", "DoesNotExist"),
+        ("amd.com/gpu.product-name", "DoesNotExist"),
+    }
+    text = json.dumps({k: v for k, v in ps.items() if k != "affinity"})
     assert "nvidia.com" not in text and "amd.com" not in text
     res = ps["containers"][0]["resources"]
     assert set(res) == {"requests"} and set(res["requests"]) == {"cpu", "memory"}

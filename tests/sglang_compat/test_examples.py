@@ -43,6 +43,8 @@ GOLDEN: dict[str, dict[tuple[str, int], str]] = {
     "15-cp-in-seq-split": {("serving", 0): "15-cp-in-seq-split"},
     "16-cp-round-robin": {("serving", 0): "16-cp-round-robin"},
     "17-pp-cp": {("serving", 0): "17-pp-cp-node0", ("serving", 1): "18-pp-cp-node1"},
+    # 17-pp-cp on H200 nodes with spec.placement: placement changes where pods run, not their argv.
+    "18-placement": {("serving", 0): "17-pp-cp-node0", ("serving", 1): "18-pp-cp-node1"},
     "19-pd-pp-cp": {("prefill", 0): "19-pd-pp-cp-node0", ("prefill", 1): "20-pd-pp-cp-node1"},
 }
 EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.yaml"))
