@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from dsa_operator import canary, group_record, labels, rollout
+from dsa_operator import admission, canary, group_record, labels, rollout
 from dsa_operator.api import parse_spec
 from dsa_operator.errors import PlanError
 from dsa_operator.evaluation import PLURAL as EVALUATION_PLURAL
@@ -32,6 +32,7 @@ from dsa_operator.render import APPLIED_HASH, render
 from dsa_operator.status import compute_status, invalid_status
 
 log = logging.getLogger(__name__)
+ADMISSION_RECHECK = 30.0  # seconds between reads of Kueue's reason while a group waits for admission
 Obj = dict[str, Any]
 
 
@@ -75,6 +76,7 @@ class _Pass:
     def __init__(self, kube: Kube, clock: Callable[[], float], alive: Callable[[str], bool]):
         self.kube, self.clock, self.wanted = kube, clock, alive
         self.uid = ""
+        self.replacing: set[str] = set()  # queued groups' StatefulSets Kueue lets us only replace
 
     def _alive(self) -> None:
         if not self.wanted(self.uid):
@@ -104,10 +106,17 @@ class _Pass:
             grp = obj["metadata"].get("labels", {}).get(labels.GROUP)
             sts_name = _sts_name(plan.name, obj["metadata"]["labels"].get(labels.ROLE), grp) if grp else None
             if sts_name is None or sts_name in existing_sts:
+                if obj["kind"] == "StatefulSet" and self._kueue_holds(obj, live):
+                    self.replacing.add(obj["metadata"]["name"])
+                    continue
                 self._apply_if_changed(obj, live)
 
         pods = self.kube.list("v1", "Pod", ns, _selector({labels.MODEL: plan.name}))
-        views = self._views(plan, live, pods)
+        views = [
+            replace(v, outdated=True) if _sts_name(plan.name, v.role, v.index) in self.replacing else v
+            for v in self._views(plan, live, pods)
+        ]
+        queued_waits = self._admission(ns, pods)
         now = self.clock()
         stored = {
             (v.role, v.index): group_record.decode(
@@ -159,6 +168,8 @@ class _Pass:
             generation,
             _now_iso(),
             gate=None if gate is None else canary.condition(gate),
+            queue=spec.placement.queue_name,
+            admission=queued_waits,
         )
         status["groups"] = [
             {
@@ -169,7 +180,26 @@ class _Pass:
             if (v.role, v.index) in records and v.exists
         ]
         self._write_status(model, old_status, status)
+        if queued_waits:  # Kueue's reason can change without a pod changing: look again
+            requeue = ADMISSION_RECHECK if requeue is None else min(requeue, ADMISSION_RECHECK)
         return requeue
+
+    def _kueue_holds(self, obj: Obj, live: dict[tuple[str, str], Obj]) -> bool:
+        """A changed StatefulSet of a queued group whose change Kueue refuses in place."""
+        current = live.get((obj["kind"], obj["metadata"]["name"]))
+        changed = (current or {}).get("metadata", {}).get("annotations", {}).get(APPLIED_HASH) != obj[
+            "metadata"
+        ]["annotations"][APPLIED_HASH]
+        return bool(current) and changed and admission.needs_replacement(current, obj, labels.QUEUE_NAME)
+
+    def _admission(self, ns: str, pods: list[Obj]) -> list[str]:
+        """For each group Kueue holds back: its pods, and Kueue's reason from its Workload. Read
+        only while some pod is gated: an admitted model costs no reads."""
+        out = []
+        for workload, names in sorted(admission.waiting_workloads(pods).items()):
+            wl = self.kube.get_workload(ns, workload) if workload else None
+            out.append(f"{', '.join(sorted(names))}: {admission.waiting_reason(workload, wl)}")
+        return out
 
     def _gate(
         self, model: Obj, plan, evaluation: str, group: rollout.GroupState | None, views: list[GroupView]
@@ -320,6 +350,17 @@ class _Pass:
     def _restart(self, model: Obj, v: GroupView, reason: str) -> None:
         name = f"{v.role}-{v.index}"
         self._alive()
+        sts = _sts_name(model["metadata"]["name"], v.role, v.index)
+        if sts in self.replacing:
+            self.kube.event(
+                model,
+                "Normal",
+                "ReplacingGroup",
+                f"replacing group {name} for the new spec: Kueue holds a queued group's requests and "
+                "placement fixed, so its StatefulSet is recreated and the group is admitted anew",
+            )
+            self.kube.delete("apps/v1", "StatefulSet", model["metadata"]["namespace"], sts)
+            return
         if reason == "failure":
             evidence = "; ".join(e.describe() for e in v.evidence) or "a pod of the group was replaced"
             self.kube.event(
