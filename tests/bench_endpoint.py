@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
     args = ap.parse_args(argv)
-    with harness.running(nodes=4, verbose=False) as cluster:
+    with harness.running(nodes=4, cpu_nodes=1, verbose=False) as cluster:
         install_crd(cluster)
         op = Operator(cluster, cluster.mint_user("dsa-operator", groups=["system:masters"]), webhook=False)
         op.start()

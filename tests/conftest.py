@@ -71,7 +71,7 @@ def no_leftover_threads():
 
 @pytest.fixture(scope="session")
 def cluster():
-    with harness.running(nodes=int(os.environ.get("DSA_CLUSTER_NODES", "4"))) as c:
+    with harness.running(nodes=int(os.environ.get("DSA_CLUSTER_NODES", "4")), cpu_nodes=1) as c:
         print(f"\n[cluster] start-to-ready {c.startup_seconds:.1f}s")
         yield c
 

@@ -55,7 +55,7 @@ def model(replicas: int = 2, mem: float = 0.8) -> dict:
 
 @pytest.fixture(scope="module")
 def cluster():
-    with harness.running(nodes=8, gpu_products=["NVIDIA-H200"]) as c:
+    with harness.running(nodes=8, cpu_nodes=1, gpu_products=["NVIDIA-H200"]) as c:
         install_crd(c)
         yield c
 

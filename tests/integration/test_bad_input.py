@@ -70,7 +70,7 @@ documents = st.one_of(
 
 @pytest.fixture(scope="module")
 def cluster():
-    with harness.running(nodes=1) as c:
+    with harness.running(nodes=1, cpu_nodes=1) as c:
         install_crd(c)
         c.kubectl("create", "namespace", NS)
         yield c

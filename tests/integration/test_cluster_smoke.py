@@ -58,11 +58,25 @@ def test_version_is_pinned(cluster):
 
 def test_fake_gpu_nodes(cluster):
     nodes = cluster.kubectl_json("get", "nodes")["items"]
-    assert len(nodes) == cluster.nodes
-    for n in nodes:
+    gpu = [n for n in nodes if n["metadata"]["name"] in cluster.node_names()]
+    assert len(gpu) == cluster.nodes
+    for n in gpu:
         assert n["status"]["allocatable"]["nvidia.com/gpu"] == "8"
         assert n["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H200"
         assert "topology.kubernetes.io/zone" in n["metadata"]["labels"]
+
+
+def test_cpu_nodes_carry_no_gpu(cluster):
+    """Where routers and other GPU-free pods go: no GPU resource and no GPU label."""
+    cpu = [
+        n
+        for n in cluster.kubectl_json("get", "nodes")["items"]
+        if n["metadata"]["name"] in cluster.cpu_node_names()
+    ]
+    assert len(cpu) == cluster.cpu_nodes >= 1
+    for n in cpu:
+        assert "nvidia.com/gpu" not in n["status"]["allocatable"]
+        assert not [k for k in n["metadata"]["labels"] if k.startswith("nvidia.com/")]
 
 
 def test_gpu_statefulset_scheduled_running_ready_and_garbage_collected(cluster, namespace):

@@ -41,7 +41,7 @@ CHAT = {"model": "simulated", "messages": [{"role": "user", "content": "hi"}], "
 @pytest.fixture(scope="module")
 def cluster():
     """Own cluster: 6 H200 nodes fit a PD model with a 2-node prefill group and 2 decode groups."""
-    with harness.running(nodes=6) as c:
+    with harness.running(nodes=6, cpu_nodes=1) as c:
         yield c
 
 

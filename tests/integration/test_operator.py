@@ -30,9 +30,12 @@ ENGINE = {labels.COMPONENT: "engine"}
 @pytest.fixture(scope="module")
 def cluster():
     """This module's own cluster: H20 nodes for the PP+CP examples (documented on H20), H200 nodes
-    for the rest, each with an RDMA NIC as the PD example asks."""
+    for the rest, each with an RDMA NIC as the PD example asks; and a CPU-only node for routers."""
     with harness.running(
-        nodes=7, gpu_products=["NVIDIA-H20"] * 3 + ["NVIDIA-H200"] * 4, extra_resources={"rdma/ib": "1"}
+        nodes=7,
+        cpu_nodes=1,
+        gpu_products=["NVIDIA-H20"] * 3 + ["NVIDIA-H200"] * 4,
+        extra_resources={"rdma/ib": "1"},
     ) as c:
         yield c
 

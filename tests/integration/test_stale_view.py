@@ -47,7 +47,7 @@ def model(name: str) -> dict:
 @pytest.fixture(scope="module")
 def cluster():
     # 100 one-node models of 8 GPUs each: 8 nodes of 104 GPUs (and 110 pods) hold them all.
-    with harness.running(nodes=8, gpus_per_node=104, gpu_products=["NVIDIA-H200"]) as c:
+    with harness.running(nodes=8, cpu_nodes=1, gpus_per_node=104, gpu_products=["NVIDIA-H200"]) as c:
         install_crd(c)
         yield c
 
