@@ -271,3 +271,22 @@ def test_a_placement_change_of_a_queued_group_replaces_it(cluster, op, qns):
     wait_phase(cluster, "one", qns, "Ready", timeout=90)
     (pod,) = pods(cluster, qns, "one")
     assert extra in pod["spec"]["tolerations"], json.dumps(pod["spec"]["tolerations"])
+
+
+def test_exclusive_gives_each_group_its_rack_alone(cluster, op, qns):
+    """`exclusive`: a PP 2 group takes one rack, a one-node group the other, and a third group
+    finds no rack of its own although a node is free: it stays unschedulable, and says why."""
+    for name, base in (("a", PP2), ("b", ONE_NODE)):
+        m = model(base, name, topologyKey=RACK, exclusive=True)
+        cluster.apply({**m, "metadata": {"name": name, "namespace": qns}})
+        wait_phase(cluster, name, qns, "Ready", timeout=90)
+    where = racks(cluster)
+    rack_a = {where[p["spec"]["nodeName"]] for p in pods(cluster, qns, "a")}
+    rack_b = {where[p["spec"]["nodeName"]] for p in pods(cluster, qns, "b")}
+    assert len(rack_a) == len(rack_b) == 1 and rack_a != rack_b, (rack_a, rack_b)
+    m = model(ONE_NODE, "c", topologyKey=RACK, exclusive=True)
+    cluster.apply({**m, "metadata": {"name": "c", "namespace": qns}})
+    unsched = wait_condition(cluster, qns, "c", "Scheduled", "False")
+    assert "anti-affinity" in unsched["message"], unsched["message"]
+    (pod,) = pods(cluster, qns, "c")
+    assert not pod["spec"].get("nodeName")
