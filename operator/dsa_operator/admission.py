@@ -43,6 +43,28 @@ def waiting_workloads(pods: list[Obj]) -> dict[str, list[str]]:
     return out
 
 
+def unmanaged(pods: list[Obj]) -> list[str]:
+    """Live pods Kueue has never touched: no gate and no pod-group label. Kueue's pod webhook gates
+    each pod of a queued StatefulSet at creation and its reconciler labels it, so such a pod of a
+    queued group means Kueue is not there, not at that version, or not watching the namespace,
+    and the group was scheduled pod by pod after all."""
+    return sorted(
+        p["metadata"]["name"]
+        for p in pods
+        if not p["metadata"].get("deletionTimestamp")
+        and not gated(p)
+        and POD_GROUP not in (p["metadata"].get("labels") or {})
+    )
+
+
+def not_managed_reason(namespace: str, pods: list[str]) -> str:
+    return (
+        f"{', '.join(pods)}: created without Kueue's admission gate, so scheduled pod by pod: is "
+        f"Kueue (v0.15 or newer, StatefulSet integration) installed, and does its "
+        f"managedJobsNamespaceSelector cover namespace {namespace}?"
+    )
+
+
 def _condition(workload: Obj, ctype: str) -> Obj | None:
     for c in (workload.get("status") or {}).get("conditions") or []:
         if c.get("type") == ctype:

@@ -117,6 +117,8 @@ class _Pass:
             for v in self._views(plan, live, pods)
         ]
         queued_waits = self._admission(ns, pods)
+        engine_pods = [p for p in pods if p["metadata"].get("labels", {}).get(labels.COMPONENT) == "engine"]
+        outside = admission.unmanaged(engine_pods) if spec.placement.queue_name else []
         now = self.clock()
         stored = {
             (v.role, v.index): group_record.decode(
@@ -170,6 +172,7 @@ class _Pass:
             gate=None if gate is None else canary.condition(gate),
             queue=spec.placement.queue_name,
             admission=queued_waits,
+            not_queued=[admission.not_managed_reason(ns, outside)] if outside else [],
         )
         status["groups"] = [
             {

@@ -87,11 +87,13 @@ def compute_status(
     gate: Obj | None = None,
     queue: str | None = None,
     admission: list[str] | None = None,
+    not_queued: list[str] | None = None,
 ) -> Obj:
     """`rolling`: groups being restarted for a spec change; `backing_off`: failed groups waiting;
     `gate`: the RolloutGate condition of a gated rollout (spec.rollout.gate); `queue`: the Kueue
     LocalQueue the groups are admitted through (spec.placement.queueName), `admission`: for each
-    group Kueue holds back, its pods and Kueue's reason."""
+    group Kueue holds back, its pods and Kueue's reason; `not_queued`: pods of a queued model that
+    Kueue never gated (it is missing, or not watching the namespace)."""
     wanted = {(r.role, g.group) for r in plan.roles for g in r.groups}
     current = [g for g in groups if (g.role, g.index) in wanted]
     ready = [g for g in current if g.ready]
@@ -152,19 +154,23 @@ def compute_status(
         ),
     ]
     if queue:
-        conditions.append(
-            _condition(
-                "Admitted",
-                not admission,
-                "WaitingForAdmission" if admission else "Admitted",
-                (
-                    f"Kueue admits each group whole or not at all (queue {queue}); waiting: "
-                    + "; ".join(admission)
-                    if admission
-                    else f"every running group admitted by Kueue through queue {queue}"
-                ),
+        if not_queued:
+            admitted = _condition(
+                "Admitted", False, "NotManagedByKueue", f"queue {queue}: " + "; ".join(not_queued)
             )
-        )
+        elif admission:
+            admitted = _condition(
+                "Admitted",
+                False,
+                "WaitingForAdmission",
+                f"Kueue admits each group whole or not at all (queue {queue}); waiting: "
+                + "; ".join(admission),
+            )
+        else:
+            admitted = _condition(
+                "Admitted", True, "Admitted", f"every running group admitted by Kueue through queue {queue}"
+            )
+        conditions.append(admitted)
     if gate is not None:
         conditions.append(gate)
     if all_ready:

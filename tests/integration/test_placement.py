@@ -290,3 +290,19 @@ def test_exclusive_gives_each_group_its_rack_alone(cluster, op, qns):
     assert "anti-affinity" in unsched["message"], unsched["message"]
     (pod,) = pods(cluster, qns, "c")
     assert not pod["spec"].get("nodeName")
+
+
+def test_a_queue_kueue_does_not_watch_is_reported(cluster, op):
+    """queueName in a namespace Kueue does not manage: the pods are scheduled one by one, without
+    a gate, and the Admitted condition says so instead of claiming admission."""
+    ns = f"u-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", ns)
+    try:
+        cluster.apply(
+            {**model(ONE_NODE, "one", queueName="gpu-queue"), "metadata": {"name": "one", "namespace": ns}}
+        )
+        wait_phase(cluster, "one", ns, "Ready", timeout=90)
+        c = wait_condition(cluster, ns, "one", "Admitted", "False")
+        assert c["reason"] == "NotManagedByKueue" and ns in c["message"], c
+    finally:
+        cluster.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=90s", check=False)

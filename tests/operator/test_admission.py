@@ -106,3 +106,15 @@ def test_a_change_kueue_holds_fixed_replaces_the_group():
 def test_groups_outside_kueue_are_never_replaced():
     assert not admission.needs_replacement(as_stored(sts(queue=None)), sts(queue=None, gpus="4"), QUEUE)
     assert not admission.needs_replacement(None, sts(), QUEUE)
+
+
+def test_pods_kueue_never_touched_are_unmanaged():
+    pods = [
+        pod("gated-0", [admission.ADMISSION_GATE], group=None),  # just created: gated, not labelled
+        pod("admitted-0", [], group="wl-1"),  # admitted: gate lifted, labelled
+        pod("outside-0", [], group=None),  # no gate, no label: Kueue never saw it
+        pod("outside-1", [], group=None, deleting=True),
+    ]
+    assert admission.unmanaged(pods) == ["outside-0"]
+    why = admission.not_managed_reason("models", ["outside-0"])
+    assert "outside-0" in why and "managedJobsNamespaceSelector" in why and "models" in why

@@ -142,3 +142,11 @@ def test_a_group_waiting_for_kueue_says_so_in_kueues_words():
 
 def test_no_queue_no_admitted_condition():
     assert not [c for c in status([gv("prefill"), gv("decode")])["conditions"] if c["type"] == "Admitted"]
+
+
+def test_pods_kueue_never_gated_are_named_and_the_cause_asked():
+    why = ["m-serving-0-0: created without Kueue's admission gate, so scheduled pod by pod: ..."]
+    s = compute_status(P, [gv("prefill"), gv("decode")], True, [], [], {}, 3, "t", queue="q", not_queued=why)
+    c = cond(s, "Admitted")
+    assert (c["status"], c["reason"]) == ("False", "NotManagedByKueue")
+    assert "m-serving-0-0" in c["message"] and "queue q" in c["message"]
