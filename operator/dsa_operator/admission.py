@@ -23,7 +23,8 @@ TOPOLOGY_GATE = "kueue.x-k8s.io/topology"
 KUEUE_GATES = (ADMISSION_GATE, TOPOLOGY_GATE)
 # Set on each pod of a StatefulSet's group by Kueue: the name of the group's Workload.
 POD_GROUP = "kueue.x-k8s.io/pod-group-name"
-WORKLOAD_API = ("kueue.x-k8s.io", "v1beta2", "workloads")
+KUEUE_API = ("kueue.x-k8s.io", "v1beta2")  # group, version
+WORKLOADS = "workloads"
 
 
 def gated(pod: Obj) -> bool:

@@ -172,7 +172,7 @@ class _Pass:
             gate=None if gate is None else canary.condition(gate),
             queue=spec.placement.queue_name,
             admission=queued_waits,
-            not_queued=[admission.not_managed_reason(ns, outside)] if outside else [],
+            not_queued=admission.not_managed_reason(ns, outside) if outside else None,
         )
         status["groups"] = [
             {
@@ -190,17 +190,20 @@ class _Pass:
     def _kueue_holds(self, obj: Obj, live: dict[tuple[str, str], Obj]) -> bool:
         """A changed StatefulSet of a queued group whose change Kueue refuses in place."""
         current = live.get((obj["kind"], obj["metadata"]["name"]))
-        changed = (current or {}).get("metadata", {}).get("annotations", {}).get(APPLIED_HASH) != obj[
-            "metadata"
-        ]["annotations"][APPLIED_HASH]
-        return bool(current) and changed and admission.needs_replacement(current, obj, labels.QUEUE_NAME)
+        return (
+            current is not None
+            and _applied_hash(current) != _applied_hash(obj)
+            and admission.needs_replacement(current, obj, labels.QUEUE_NAME)
+        )
 
     def _admission(self, ns: str, pods: list[Obj]) -> list[str]:
         """For each group Kueue holds back: its pods, and Kueue's reason from its Workload. Read
         only while some pod is gated: an admitted model costs no reads."""
         out = []
         for workload, names in sorted(admission.waiting_workloads(pods).items()):
-            wl = self.kube.get_workload(ns, workload) if workload else None
+            wl = None
+            if workload:  # 403 or 404 (no read right, no Kueue, Workload gone): the reason says so
+                wl = self.kube.get_custom(admission.WORKLOADS, ns, workload, admission.KUEUE_API, (403, 404))
             out.append(f"{', '.join(sorted(names))}: {admission.waiting_reason(workload, wl)}")
         return out
 
@@ -343,8 +346,7 @@ class _Pass:
 
     def _apply_if_changed(self, obj: Obj, live: dict[tuple[str, str], Obj]) -> None:
         current = live.get((obj["kind"], obj["metadata"]["name"]))
-        want = obj["metadata"]["annotations"][APPLIED_HASH]
-        if current and (current["metadata"].get("annotations") or {}).get(APPLIED_HASH) == want:
+        if current and _applied_hash(current) == _applied_hash(obj):
             return
         self._alive()
         log.info("applying %s %s", obj["kind"], obj["metadata"]["name"])
@@ -420,6 +422,10 @@ class _Pass:
             return
         self._alive()
         self.kube.patch_status(model, merge_patch(old, new))
+
+
+def _applied_hash(obj: Obj) -> str | None:
+    return (obj["metadata"].get("annotations") or {}).get(APPLIED_HASH)
 
 
 def _key(model: Obj) -> tuple[str, str]:

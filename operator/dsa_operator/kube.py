@@ -20,7 +20,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
-from dsa_operator import GROUP, KIND, PLURAL, VERSION, admission
+from dsa_operator import GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "dsa-operator"
@@ -107,27 +107,22 @@ class Kube:
         """The DSAModel as the API holds it now, or None when it is gone."""
         return self.get_custom(PLURAL, namespace, name)
 
-    def get_custom(self, plural: str, namespace: str, name: str) -> Obj | None:
-        """One of our custom objects (dsamodels, dsaevaluations) as the API holds it now, or None."""
+    def get_custom(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        api: tuple[str, str] = (GROUP, VERSION),
+        absent: tuple[int, ...] = (404,),
+    ) -> Obj | None:
+        """A custom object as the API holds it now (ours by default: dsamodels, dsaevaluations), or
+        None when the API answers with a status in `absent`."""
         try:
             return client.CustomObjectsApi(self.api).get_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name
+                *api, namespace, plural, name
             )
         except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-
-    def get_workload(self, namespace: str, name: str) -> Obj | None:
-        """A Kueue Workload, or None when it is gone, Kueue is not installed, or the operator may
-        not read it (the status then says so instead of quoting Kueue)."""
-        group, version, plural = admission.WORKLOAD_API
-        try:
-            return client.CustomObjectsApi(self.api).get_namespaced_custom_object(
-                group, version, namespace, plural, name
-            )
-        except ApiException as e:
-            if e.status in (403, 404):
+            if e.status in absent:
                 return None
             raise
 

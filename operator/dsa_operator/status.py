@@ -87,13 +87,13 @@ def compute_status(
     gate: Obj | None = None,
     queue: str | None = None,
     admission: list[str] | None = None,
-    not_queued: list[str] | None = None,
+    not_queued: str | None = None,
 ) -> Obj:
     """`rolling`: groups being restarted for a spec change; `backing_off`: failed groups waiting;
     `gate`: the RolloutGate condition of a gated rollout (spec.rollout.gate); `queue`: the Kueue
     LocalQueue the groups are admitted through (spec.placement.queueName), `admission`: for each
-    group Kueue holds back, its pods and Kueue's reason; `not_queued`: pods of a queued model that
-    Kueue never gated (it is missing, or not watching the namespace)."""
+    group Kueue holds back, its pods and Kueue's reason; `not_queued`: which pods of a queued model
+    Kueue never gated (it is missing, or not watching the namespace), and what to check."""
     wanted = {(r.role, g.group) for r in plan.roles for g in r.groups}
     current = [g for g in groups if (g.role, g.index) in wanted]
     ready = [g for g in current if g.ready]
@@ -155,9 +155,7 @@ def compute_status(
     ]
     if queue:
         if not_queued:
-            admitted = _condition(
-                "Admitted", False, "NotManagedByKueue", f"queue {queue}: " + "; ".join(not_queued)
-            )
+            admitted = _condition("Admitted", False, "NotManagedByKueue", f"queue {queue}: {not_queued}")
         elif admission:
             admitted = _condition(
                 "Admitted",

@@ -10,6 +10,7 @@ tests/integration/test_real_serving.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.cluster.harness import _free_ports
@@ -110,6 +112,22 @@ class Operator:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+@contextlib.contextmanager
+def admin_operator(cluster, webhook: bool = True) -> Iterator[Operator]:
+    """The CRDs installed and one operator running with cluster-admin rights (its webhook
+    registered when `webhook`); stopped afterwards, and its log must hold no traceback."""
+    install_crd(cluster)
+    kubeconfig = cluster.mint_user("dsa-operator", groups=["system:masters"])
+    o = Operator(cluster, kubeconfig, webhook=webhook).start()
+    try:
+        if webhook:
+            o.wait_webhook()
+        yield o
+    finally:
+        o.stop()
+        assert "Traceback" not in o.logs(), o.logs()[-4000:]
 
 
 def install_crd(cluster) -> None:

@@ -31,7 +31,7 @@ from tests.integration.endpoint_env import (
     pod_url,
     wait,
 )
-from tests.integration.operator_proc import ROOT, Operator, install_crd, wait_phase
+from tests.integration.operator_proc import ROOT, admin_operator, wait_phase
 
 pytestmark = pytest.mark.integration
 EXAMPLES = ROOT / "examples"
@@ -47,14 +47,8 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def op(cluster):
-    install_crd(cluster)
-    kubeconfig = cluster.mint_user("dsa-operator", groups=["system:masters"])
-    o = Operator(cluster, kubeconfig, webhook=False).start()
-    try:
+    with admin_operator(cluster, webhook=False) as o:
         yield o
-    finally:
-        o.stop()
-        assert "Traceback" not in o.logs(), o.logs()[-4000:]
 
 
 def example(name: str) -> dict:

@@ -20,7 +20,13 @@ import yaml
 from dsa_operator import labels
 from dsa_operator.planner import plan
 from tests.cluster import harness
-from tests.integration.operator_proc import ROOT, WEBHOOK_CONFIG, Operator, install_crd, wait_phase
+from tests.integration.operator_proc import (
+    ROOT,
+    WEBHOOK_CONFIG,
+    Operator,
+    admin_operator,
+    wait_phase,
+)
 
 pytestmark = pytest.mark.integration
 EXAMPLES = ROOT / "examples"
@@ -42,15 +48,8 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def op(cluster):
-    install_crd(cluster)
-    kubeconfig = cluster.mint_user("dsa-operator", groups=["system:masters"])
-    o = Operator(cluster, kubeconfig).start()
-    try:
-        o.wait_webhook()
+    with admin_operator(cluster) as o:
         yield o
-    finally:
-        o.stop()
-        assert "Traceback" not in o.logs(), o.logs()[-4000:]
 
 
 def apply_example(cluster, ns: str, example: str) -> dict:

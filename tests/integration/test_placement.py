@@ -16,7 +16,7 @@ import pytest
 
 from dsa_operator import labels
 from tests.cluster import harness
-from tests.integration.operator_proc import Operator, install_crd, wait_phase
+from tests.integration.operator_proc import admin_operator, wait_phase
 
 pytestmark = pytest.mark.integration
 RACK = "topology.dsa-operator.io/rack"
@@ -44,8 +44,26 @@ ONE_NODE = {
         "serving": {"parallelism": {"tp": 8}},
     },
 }
+
+
 # Kueue: a Topology of racks then hosts, one GPU flavor on it, and two ClusterQueues: `gpus`, room
 # for every GPU of the cluster, and `small`, quota for two nodes only.
+def _cluster_queue(name: str, gpus: int) -> str:
+    return f"""
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ClusterQueue
+metadata: {{name: {name}}}
+spec:
+  namespaceSelector: {{}}
+  resourceGroups:
+  - coveredResources: [nvidia.com/gpu]
+    flavors:
+    - name: h200
+      resources:
+      - {{name: nvidia.com/gpu, nominalQuota: {gpus}}}
+"""
+
+
 KUEUE_SETUP = f"""
 apiVersion: kueue.x-k8s.io/v1beta2
 kind: Topology
@@ -61,31 +79,7 @@ metadata: {{name: h200}}
 spec:
   nodeLabels: {{nvidia.com/gpu.product: NVIDIA-H200}}
   topologyName: racks
----
-apiVersion: kueue.x-k8s.io/v1beta2
-kind: ClusterQueue
-metadata: {{name: gpus}}
-spec:
-  namespaceSelector: {{}}
-  resourceGroups:
-  - coveredResources: [nvidia.com/gpu]
-    flavors:
-    - name: h200
-      resources:
-      - {{name: nvidia.com/gpu, nominalQuota: 32}}
----
-apiVersion: kueue.x-k8s.io/v1beta2
-kind: ClusterQueue
-metadata: {{name: small}}
-spec:
-  namespaceSelector: {{}}
-  resourceGroups:
-  - coveredResources: [nvidia.com/gpu]
-    flavors:
-    - name: h200
-      resources:
-      - {{name: nvidia.com/gpu, nominalQuota: 16}}
-"""
+---{_cluster_queue("gpus", 32)}---{_cluster_queue("small", 16)}"""
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +91,8 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def op(cluster):
-    install_crd(cluster)
-    kubeconfig = cluster.mint_user("dsa-operator", groups=["system:masters"])
-    o = Operator(cluster, kubeconfig).start()
-    try:
-        o.wait_webhook()
+    with admin_operator(cluster) as o:
         yield o
-    finally:
-        o.stop()
-        assert "Traceback" not in o.logs(), o.logs()[-4000:]
 
 
 @pytest.fixture

@@ -145,7 +145,7 @@ def test_no_queue_no_admitted_condition():
 
 
 def test_pods_kueue_never_gated_are_named_and_the_cause_asked():
-    why = ["m-serving-0-0: created without Kueue's admission gate, so scheduled pod by pod: ..."]
+    why = "m-serving-0-0: created without Kueue's admission gate, so scheduled pod by pod: ..."
     s = compute_status(P, [gv("prefill"), gv("decode")], True, [], [], {}, 3, "t", queue="q", not_queued=why)
     c = cond(s, "Admitted")
     assert (c["status"], c["reason"]) == ("False", "NotManagedByKueue")
