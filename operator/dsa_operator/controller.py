@@ -13,6 +13,7 @@ carries over in memory, so a restarted operator, or a standby that takes over, d
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -313,6 +314,17 @@ class _Pass:
         for key, obs in seen.items():
             if obs.unfinished and key not in restarts:  # a restart recorded, its delete not done
                 log.info("finishing the recorded restart of %s-%s", *key)
+                # Its Event may not have been posted either (the reconcile that recorded it was cut
+                # short, e.g. by a 409 on another group's record): post it; once only (_announce).
+                record = obs.record
+                self._alive()
+                self._announce(
+                    model,
+                    by_key[key],
+                    group_record.restart_reason(record),
+                    record.restarting_from or frozenset(),
+                    _recorded_evidence(record),
+                )
                 for uid in sorted(obs.unfinished):
                     self._alive()
                     self.kube.delete_pod(ns, pod_names[uid], uid)
@@ -366,19 +378,24 @@ class _Pass:
             )
             self.kube.delete("apps/v1", "StatefulSet", model["metadata"]["namespace"], sts)
             return
-        if reason == "failure":
-            evidence = "; ".join(e.describe() for e in v.evidence) or "a pod of the group was replaced"
-            self.kube.event(
-                model,
-                "Warning",
-                "GroupFailed",
-                f"restarting group {name} (all {v.want_pods} pods): {evidence}",
-            )
-        else:
-            self.kube.event(model, "Normal", "RollingGroup", f"restarting group {name} for the new spec")
+        evidence = "; ".join(e.describe() for e in v.evidence) or "a pod of the group was replaced"
+        self._announce(model, v, reason, v.uids, evidence)
         self.kube.delete_pods(
             model["metadata"]["namespace"], _group_pods(model["metadata"]["name"], v.role, v.index)
         )
+
+    def _announce(self, model: Obj, v: GroupView, reason: str, pods: frozenset[str], evidence: str) -> None:
+        """The Event of one restart of a group, named after the pods the restart deletes: a restart
+        recorded (``_record``) but finished only by a later reconcile is announced by that one, and
+        one announced already is not announced twice (the API refuses the name again)."""
+        name = f"{v.role}-{v.index}"
+        event = _restart_event_name(model["metadata"]["name"], name, pods)
+        if reason == "failure":
+            message = f"restarting group {name} (all {v.want_pods} pods): {evidence}"
+            self.kube.event(model, "Warning", "GroupFailed", message, name=event)
+        else:
+            message = f"restarting group {name} for the new spec"
+            self.kube.event(model, "Normal", "RollingGroup", message, name=event)
 
     def _delete_group(self, model: str, ns: str, role: str, index: int, live: dict) -> None:
         name = _sts_name(model, role, index)
@@ -435,6 +452,22 @@ def _key(model: Obj) -> tuple[str, str]:
 def _sts_name(model: str, role: str, index: int | str) -> str:
     """A group's StatefulSet (and headless Service): as commands.statefulset_name names it."""
     return f"{model}-{role}-{index}"
+
+
+def _restart_event_name(model: str, group: str, pods: frozenset[str]) -> str | None:
+    """One name per restart: pod uids are never reused, and a restart deletes the pods it names
+    (None, a generated name, for a restart of no pod)."""
+    if not pods:
+        return None
+    return f"{model}.{group}.{hashlib.sha256(','.join(sorted(pods)).encode()).hexdigest()[:16]}"
+
+
+def _recorded_evidence(record: GroupRecord) -> str:
+    """A failure restart's evidence as its record kept it (its pods may have changed since)."""
+    f = record.last_failure
+    if f is None:
+        return "a pod of the group was replaced"
+    return Evidence(f.pod, f.reason, f.exit_code, f.message).describe()
 
 
 def _group_pods(model: str, role: str, index: int) -> str:

@@ -180,6 +180,13 @@ def restarted(record: GroupRecord, view: GroupView, reason: str, now: float) -> 
     )
 
 
+def restart_reason(record: GroupRecord) -> str:
+    """Why the group's last restart was made, as ``restarted`` recorded it: a failure restart
+    stamps its failure with the restart's own time, a rollout restart leaves an older one."""
+    f = record.last_failure
+    return "failure" if f is not None and f.time == record.last_restart else "rollout"
+
+
 def report(record: GroupRecord, backoff_until: float | None) -> dict[str, Any]:
     """The group's entry in status.groups (camelCase, no nulls)."""
     out: dict[str, Any] = {"restarts": record.restarts, "failuresInARow": record.failures}

@@ -185,12 +185,18 @@ class Kube:
             if e.status not in (404, 409):  # 409: the uid precondition failed, a successor stands
                 raise
 
-    def event(self, model: Obj, kind: str, reason: str, message: str) -> None:
-        """An Event on a DSAModel or DSAEvaluation (`kubectl describe` shows it)."""
+    def event(self, model: Obj, kind: str, reason: str, message: str, name: str | None = None) -> None:
+        """An Event on a DSAModel or DSAEvaluation (`kubectl describe` shows it). With a `name`,
+        posting it again is a no-op (the API refuses the name: 409), so something announced by one
+        reconcile and announced again by the next one that finishes it shows once."""
         meta = model["metadata"]
         now = datetime.datetime.now(datetime.UTC)
         body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            metadata=client.V1ObjectMeta(
+                name=name,
+                generate_name=None if name else f"{meta['name']}.",
+                namespace=meta["namespace"],
+            ),
             involved_object=client.V1ObjectReference(
                 api_version=f"{GROUP}/{VERSION}",
                 kind=model.get("kind") or KIND,
@@ -210,6 +216,9 @@ class Kube:
         try:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException as e:  # an Event is evidence, not a reason to stop reconciling
+            if name and e.status == 409:  # AlreadyExists: this one was posted before
+                log.debug("event %s was posted already", name)
+                return
             log.warning("could not record event %s: %s", reason, e.reason)
 
     def patch_status(self, model: Obj, status: Obj, plural: str = PLURAL) -> None:

@@ -173,6 +173,17 @@ def test_the_report_is_camel_case_without_nulls():
     json.dumps(out)
 
 
+def test_a_restart_finished_by_the_next_operator_reads_back_its_reason():
+    """The next operator announces the restart it finishes (its Event may never have been posted)."""
+    failed = through_api(G.restarted(G.GroupRecord(), view({"a", "b"}, evidence=CRASH), "failure", T0))
+    assert G.restart_reason(failed) == "failure"
+    rolled = through_api(G.restarted(failed, replace(view({"c", "d"}), outdated=True), "rollout", T0 + 60))
+    assert G.restart_reason(rolled) == "rollout" and rolled.last_failure is not None
+    assert (
+        G.restart_reason(through_api(G.restarted(G.GroupRecord(), view({"a"}), "rollout", T0))) == "rollout"
+    )
+
+
 def test_a_rollout_restart_resumed_by_a_new_operator_is_not_restarted_again():
     """Killed after recording a rollout restart, before deleting the old pods: those pods run the
     old template, but they are the restart in flight, so the next operator finishes deleting them
