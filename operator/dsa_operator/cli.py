@@ -231,6 +231,9 @@ def run_cmd(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # kopf says "Handler ... succeeded" at INFO for every watch event: one line per
+        # pod change, which at a few hundred models costs more CPU than the reconciles do
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     provision = None
     if webhook_tls_secret and webhook_managed:
         _fail("--webhook-managed (kopf keeps the configuration) and --webhook-tls-secret: choose one")

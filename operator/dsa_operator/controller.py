@@ -4,10 +4,13 @@ The rules are elsewhere (planner, rollout); this module only applies, observes a
 reports. Unchanged objects are not sent (each child carries the hash of its rendered
 content), and an unchanged status is not written, so a quiet cluster sees no writes.
 
-It decides from what the API holds, read afresh on every reconcile: the DSAModel itself (never
-the copy a watch delivered, which can be older than this operator's own last status write),
-its children and pods, and each group's record on its StatefulSet (``group_record``). Nothing
-carries over in memory, so a restarted operator, or a standby that takes over, does the same.
+It decides from what the API holds: the DSAModel itself, read afresh on every reconcile (never
+the copy a watch delivered, which can be older than this operator's own last status write), its
+children and pods, and each group's record on its StatefulSet (``group_record``). Children and
+pods come from the operator's watch cache (one watch per kind, kopf indexes: no list calls) when
+the cache shows every write this model's reconciles made, else from fresh lists
+(``expectations``). Nothing else carries over in memory, so a restarted operator, or a standby
+that takes over, does the same.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from dsa_operator import admission, canary, group_record, labels, rollout
+from dsa_operator import admission, canary, expectations, group_record, labels, rollout
 from dsa_operator.api import parse_spec
 from dsa_operator.errors import PlanError
 from dsa_operator.evaluation import PLURAL as EVALUATION_PLURAL
 from dsa_operator.evaluation_job import CANARY_OF, RESULT, pods_by_job
+from dsa_operator.expectations import EXPECTATIONS_TTL, Expected, View
 from dsa_operator.group_record import GroupRecord
 from dsa_operator.kube import CHILD_KINDS, Kube
 from dsa_operator.observe import Evidence, GroupView, lost_node, needs_node_check, split_by_group, view_group
@@ -33,12 +37,20 @@ from dsa_operator.render import APPLIED_HASH, render
 from dsa_operator.status import compute_status, invalid_status
 
 log = logging.getLogger(__name__)
+# Children whose content only this operator sets (nothing writes their status): a reconcile about
+# to change something reads them from the cache when it shows this model's writes, and lists
+# afresh only what others change too (pods, StatefulSets, Deployments).
+STATIC_KINDS = frozenset({"ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Service"})
 ADMISSION_RECHECK = 30.0  # seconds between reads of Kueue's reason while a group waits for admission
 Obj = dict[str, Any]
 
 
 class Gone(Exception):
     """The DSAModel was deleted (or is being deleted) while this reconcile ran: write nothing more."""
+
+
+class ReadAfresh(Exception):
+    """A reconcile on the watch cache is about to change a child: it starts over on fresh lists."""
 
 
 def _now_iso() -> str:
@@ -50,38 +62,83 @@ def _selector(d: dict[str, str]) -> str:
 
 
 class Reconciler:
-    """Reconciles DSAModels; holds no state of its own between reconciles (see the module doc).
-    One instance serves every model, each reconcile in its own thread."""
+    """Reconciles DSAModels; between reconciles it holds only each model's writes its watch cache
+    has yet to show (see the module doc). One instance serves every model, each reconcile in its
+    own thread (never two of one model at once)."""
 
     def __init__(self, kube: Kube, clock: Callable[[], float] = time.time):
         self.kube = kube
         self.clock = clock  # wall clock: backoff deadlines are compared with times stored in the API
+        self.pending: dict[tuple[str, str], Expected] = {}
 
-    def reconcile(self, model: Obj, alive: Callable[[str], bool] = lambda uid: True) -> float | None:
+    def reconcile(
+        self, model: Obj, alive: Callable[[str], bool] = lambda uid: True, view: View | None = None
+    ) -> float | None:
         """Returns when to look again without an event (seconds), or None.
 
         `model` names the DSAModel; its current state is read from the API. `alive(uid)` says
         whether the model of that uid is still wanted (its watch has not reported it deleted, or
-        replaced by a new one of the same name): asked before every write.
+        replaced by a new one of the same name): asked before every write. `view`: the model's
+        children and pods in the watch cache, by kind; used when it shows this model's writes.
         """
+        key = _key(model)
+        now = time.monotonic()
+        before = self.pending.pop(key, None)
+        shown = view is not None and expectations.met(before, view, now)
+        static = None  # the kinds only this operator changes, when the cache shows its writes
+        if view is not None:
+            only = {k: v for k, v in view.items() if k in STATIC_KINDS}
+            static = only if shown or expectations.met(before, only, now) else None
+        p = _Pass(
+            self.kube, self.clock, alive, view if shown else None, static, Expected(now + EXPECTATIONS_TTL)
+        )
         try:
-            return _Pass(self.kube, self.clock, alive).run(*_key(model))
+            try:
+                return p.run(*key)
+            except ReadAfresh:  # nothing but the model's status was written on the cache's word
+                p = _Pass(self.kube, self.clock, alive, None, static, p.wrote)
+                return p.run(*key)
         except Gone:
-            log.info("%s/%s is gone; nothing more is written for it", *_key(model))
+            log.info("%s/%s is gone; nothing more is written for it", *key)
             return None
+        except Exception as e:
+            if getattr(e, "status", None) == 409:  # written since it was read: read afresh next
+                p.wrote.stale = True
+            raise
+        finally:
+            still = p.wrote if shown or before is None else before.merged(p.wrote)
+            if view is not None and still and alive(p.uid):  # without a cache, nothing to expect
+                self.pending[key] = still
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """The model is gone: nothing to expect of its children."""
+        self.pending.pop(key, None)
 
 
 class _Pass:
     """One reconcile of one model."""
 
-    def __init__(self, kube: Kube, clock: Callable[[], float], alive: Callable[[str], bool]):
+    def __init__(
+        self,
+        kube: Kube,
+        clock: Callable[[], float],
+        alive: Callable[[str], bool],
+        view: View | None,
+        static: View | None,
+        wrote: Expected,
+    ):
         self.kube, self.clock, self.wanted = kube, clock, alive
+        self.view, self.static, self.wrote = view, static, wrote
         self.uid = ""
         self.replacing: set[str] = set()  # queued groups' StatefulSets Kueue lets us only replace
 
     def _alive(self) -> None:
+        """Before a write to a child (or an Event of one): the model still wanted, and the view
+        read afresh: the cache only ever decides a status, never a change to a child."""
         if not self.wanted(self.uid):
             raise Gone
+        if self.view is not None:
+            raise ReadAfresh
 
     def run(self, ns: str, name: str) -> float | None:
         model = self.kube.get_model(ns, name)
@@ -112,7 +169,10 @@ class _Pass:
                     continue
                 self._apply_if_changed(obj, live)
 
-        pods = self.kube.list("v1", "Pod", ns, _selector({labels.MODEL: plan.name}))
+        if self.view is not None:
+            pods = list(self.view.get("Pod", ()))
+        else:
+            pods = self.kube.list("v1", "Pod", ns, _selector({labels.MODEL: plan.name}))
         views = [
             replace(v, outdated=True) if _sts_name(plan.name, v.role, v.index) in self.replacing else v
             for v in self._views(plan, live, pods)
@@ -291,7 +351,9 @@ class _Pass:
             sts = live.get(("StatefulSet", _sts_name(name, *key)))
             if sts is not None and key not in removed and record != stored[key]:
                 self._alive()
-                self.kube.patch_annotation(sts, group_record.ANNOTATION, group_record.encode(record))
+                value = group_record.encode(record)
+                self.kube.patch_annotation(sts, group_record.ANNOTATION, value)
+                self.wrote.annotate("StatefulSet", sts["metadata"]["name"], group_record.ANNOTATION, value)
         return records
 
     def _execute(
@@ -328,6 +390,7 @@ class _Pass:
                 for uid in sorted(obs.unfinished):
                     self._alive()
                     self.kube.delete_pod(ns, pod_names[uid], uid)
+                    self.wrote.delete_pods([uid])
 
         requeue: float | None = None
         for action in actions:
@@ -352,7 +415,13 @@ class _Pass:
         sel = _selector({labels.MODEL: meta["name"], labels.MANAGED_BY: "dsa-operator"})
         out = {}
         for api_version, kind in CHILD_KINDS:
-            for obj in self.kube.list(api_version, kind, meta["namespace"], sel):
+            if self.view is not None:
+                objs = self.view.get(kind, ())
+            elif self.static is not None and kind in STATIC_KINDS:
+                objs = self.static.get(kind, ())
+            else:
+                objs = self.kube.list(api_version, kind, meta["namespace"], sel)
+            for obj in objs:
                 out[(kind, obj["metadata"]["name"])] = obj
         return out
 
@@ -363,6 +432,7 @@ class _Pass:
         self._alive()
         log.info("applying %s %s", obj["kind"], obj["metadata"]["name"])
         live[(obj["kind"], obj["metadata"]["name"])] = self.kube.apply(obj)
+        self.wrote.apply(obj["kind"], obj["metadata"]["name"], APPLIED_HASH, _applied_hash(obj))
 
     def _restart(self, model: Obj, v: GroupView, reason: str) -> None:
         name = f"{v.role}-{v.index}"
@@ -377,12 +447,14 @@ class _Pass:
                 "placement fixed, so its StatefulSet is recreated and the group is admitted anew",
             )
             self.kube.delete("apps/v1", "StatefulSet", model["metadata"]["namespace"], sts)
+            self.wrote.delete("StatefulSet", sts)
             return
         evidence = "; ".join(e.describe() for e in v.evidence) or "a pod of the group was replaced"
         self._announce(model, v, reason, v.uids, evidence)
         self.kube.delete_pods(
             model["metadata"]["namespace"], _group_pods(model["metadata"]["name"], v.role, v.index)
         )
+        self.wrote.delete_pods(sorted(v.uids))
 
     def _announce(self, model: Obj, v: GroupView, reason: str, pods: frozenset[str], evidence: str) -> None:
         """The Event of one restart of a group, named after the pods the restart deletes: a restart
@@ -401,11 +473,14 @@ class _Pass:
         name = _sts_name(model, role, index)
         self.kube.delete("apps/v1", "StatefulSet", ns, name)
         self.kube.delete("v1", "Service", ns, name)
+        self.wrote.delete("StatefulSet", name)
+        self.wrote.delete("Service", name)
         for kind, n in list(live):
             obj = live[(kind, n)]
             lbl = obj["metadata"].get("labels", {})
             if kind == "ConfigMap" and lbl.get(labels.ROLE) == role and lbl.get(labels.GROUP) == str(index):
                 self.kube.delete("v1", "ConfigMap", ns, n)
+                self.wrote.delete("ConfigMap", n)
 
     def _collect_garbage(self, model: str, ns: str, desired: list[Obj], live: dict, pods: list[Obj]) -> None:
         """Delete what the spec no longer asks for: plan ConfigMaps no pod uses any more, and
@@ -429,6 +504,7 @@ class _Pass:
             if stale:
                 self._alive()
                 self.kube.delete(obj["apiVersion"], kind, ns, name)
+                self.wrote.delete(kind, name)
                 del live[(kind, name)]
 
     def _write_status(self, model: Obj, old: Obj, new: Obj) -> None:
@@ -437,7 +513,8 @@ class _Pass:
         new, old = prune(new), prune(old)
         if old == new:
             return
-        self._alive()
+        if not self.wanted(self.uid):
+            raise Gone
         self.kube.patch_status(model, merge_patch(old, new))
 
 

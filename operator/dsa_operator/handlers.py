@@ -6,6 +6,12 @@ status within the time of one reconcile. Between events the loop only sleeps. An
 wakes the loop: the reconcile reads the model itself, so no watch copy older than the
 operator's own writes is ever acted on. No kopf
 change-handlers, daemons or finalizers are used: those would write to the DSAModel.
+
+Children and pods are cached: one kopf index per kind (one watch each, the children's filtered
+by the API server on our managed-by label), keyed by (namespace, model). kopf fills every index
+from a full list before any handler runs, and updates it before the handlers of each event, so
+the snapshot a reconcile gets shows at least the event that woke it. The reconcile uses it when
+it shows the model's own writes (``expectations``), and lists afresh otherwise.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dsa_operator.evaluation import PLURAL as EVALUATION_PLURAL
 from dsa_operator.evaluation_api import parse_evaluation
 from dsa_operator.evaluation_controller import EvaluationReconciler
 from dsa_operator.evaluation_job import CANARY_OF, EVALUATION
-from dsa_operator.kube import Kube, load_client_config
+from dsa_operator.kube import CHILD_KINDS, Kube, load_client_config
 from dsa_operator.planner import plan
 from dsa_operator.webhook_provision import Provision
 
@@ -70,6 +76,15 @@ class Loops:
     uids: dict[tuple[str, str], str] = field(default_factory=dict)  # the model each loop serves
     triggers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     tasks: dict[tuple[str, str], asyncio.Task] = field(default_factory=dict)
+    # kind -> kopf index of that kind's objects by (namespace, model); set once kopf hands them over
+    indexes: dict[str, Any] | None = None
+
+    def view(self, key: tuple[str, str]) -> dict[str, list[dict[str, Any]]] | None:
+        """The model's children and pods as the cache holds them now: taken on the event loop,
+        where kopf updates the indexes, so the reconcile's thread gets a consistent copy."""
+        if self.indexes is None:
+            return None
+        return {kind: list(index.get(key, ())) for kind, index in self.indexes.items()}
 
     def submit(self, key: tuple[str, str], body: dict[str, Any]) -> None:
         self.uids[key] = body["metadata"].get("uid", "")
@@ -88,6 +103,9 @@ class Loops:
             task.cancel()
         self.uids.pop(key, None)
         self.triggers.pop(key, None)
+        forget = getattr(self.reconciler, "forget", None)
+        if forget is not None:
+            forget(key)
 
     def alive(self, key: tuple[str, str], uid: str) -> bool:
         """Called from the reconcile's thread before each write: dict reads are atomic."""
@@ -100,9 +118,9 @@ class Loops:
             trigger = self.triggers[key]
             trigger.clear()
             try:
-                requeue = await asyncio.to_thread(
-                    self.reconciler.reconcile, model, lambda uid: self.alive(key, uid)
-                )
+                alive = lambda uid: self.alive(key, uid)  # noqa: E731
+                args = (model, alive) if self.indexes is None else (model, alive, self.view(key))
+                requeue = await asyncio.to_thread(self.reconciler.reconcile, *args)
                 backoff = 1.0
             except (ApiException, DynamicApiError) as e:
                 if getattr(e, "status", None) == 409:  # written since it was read: look again soon
@@ -135,6 +153,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 270
     settings.watching.inactivity_timeout = WATCH_INACTIVITY_SECONDS
     settings.networking.request_timeout = 30  # kopf's own requests (lists, events, patches)
+    for resource in CACHED_CHILDREN.values():  # only our children, filtered by the API server
+        settings.watching.label_selectors[resource] = f"{labels.MANAGED_BY}=dsa-operator"
     kube = Kube(load_client_config())
     if OPTIONS.webhook_port and OPTIONS.webhook_tls:
         await _provision_webhook_tls(kube, OPTIONS.webhook_tls, memo)
@@ -173,8 +193,59 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         keeper.cancel()
 
 
+# The children kinds a reconcile reads, as kopf selects them (group, version, plural).
+CACHED_CHILDREN: dict[str, tuple[str, str, str]] = {
+    kind: (api_version.rpartition("/")[0] or "", api_version.rpartition("/")[2], kind.lower() + "s")
+    for api_version, kind in CHILD_KINDS
+}
+POD_INDEX = "dsa_pods"
+
+
+def _index_id(kind: str) -> str:
+    return f"dsa_{kind.lower()}s"
+
+
+def _slim(body: kopf.Body, api_version: str, kind: str) -> dict[str, Any]:
+    """What a reconcile reads of an object: without managedFields (nor a ConfigMap's data), which
+    would double what the cache holds."""
+    obj = _plain(body)
+    obj["apiVersion"], obj["kind"] = api_version, kind
+    obj.get("metadata", {}).pop("managedFields", None)
+    if kind == "ConfigMap":
+        obj.pop("data", None)
+        obj.pop("binaryData", None)
+    return obj
+
+
+def _indexer(api_version: str, kind: str) -> Any:
+    def index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> Any:
+        return {(namespace, labels[MODEL_LABEL]): _slim(body, api_version, kind)}
+
+    return index
+
+
+MODEL_LABEL = labels.MODEL
+for _kind, (_group, _version, _plural) in CACHED_CHILDREN.items():
+    kopf.index(
+        _group,
+        _version,
+        _plural,
+        id=_index_id(_kind),
+        labels={labels.MODEL: kopf.PRESENT, labels.MANAGED_BY: "dsa-operator"},
+    )(_indexer(f"{_group}/{_version}" if _group else _version, _kind))
+kopf.index("pods", id=POD_INDEX, labels={labels.MODEL: kopf.PRESENT})(_indexer("v1", "Pod"))
+
+
+def _indexes(kwargs: dict[str, Any]) -> dict[str, Any]:
+    out = {kind: kwargs[_index_id(kind)] for kind in CACHED_CHILDREN}
+    out["Pod"] = kwargs[POD_INDEX]
+    return out
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def model_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def model_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    if memo.loops.indexes is None:
+        memo.loops.indexes = _indexes(kwargs)
     key = (body.metadata.namespace, body.metadata.name)
     for (ns, ev), model in list(getattr(memo, "evaluated", {}).items()):
         if ns == key[0] and model == key[1]:  # an evaluation waits for it, or runs against it

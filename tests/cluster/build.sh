@@ -4,6 +4,8 @@
 #
 #   tests/cluster/build.sh            # build what is missing, link into .cluster/bin/
 #   FORCE=1 tests/cluster/build.sh    # rebuild everything
+#   DSA_BUILD_LWS=1 tests/cluster/build.sh   # (or: build.sh lws) also LeaderWorkerSet, which only
+#                                            # benchmarks use; the default build (CI) leaves it out
 #
 # Binaries are cached by version in ${DSA_CLUSTER_BIN_CACHE:-~/.cache/dsa-operator/bin}
 # as <component>-<version>; a second run builds nothing. .cluster/bin/<component> are symlinks.
@@ -16,6 +18,13 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 # shellcheck source=versions.env
 source "$HERE/versions.env"
+
+for arg in "$@"; do
+  case "$arg" in
+    lws) DSA_BUILD_LWS=1 ;;
+    *) printf '[cluster-bins] unknown argument %s (known: lws)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 
 CACHE="${DSA_CLUSTER_BIN_CACHE:-$HOME/.cache/dsa-operator/bin}"
 LINKDIR="${DSA_CLUSTER_LINK_DIR:-$ROOT/.cluster/bin}"
@@ -120,6 +129,30 @@ if [[ "${FORCE:-0}" == 1 || ! -f "$kdir/webhook.yaml" ]]; then
   chmod 644 "$tmp"/*.yaml; rm -rf "$kdir"; mv "$tmp" "$kdir"; built+=(kueue-manifests)
 fi
 ln -sfn "$kdir" "$LINKDIR/kueue-manifests"
+
+# ---- LeaderWorkerSet, its CRD and webhook manifests: only with DSA_BUILD_LWS=1 (`build.sh lws`) --
+# Only benchmarks run it (Cluster(lws=True)); CI's build stays as it was.
+if [[ "${DSA_BUILD_LWS:-0}" == 1 ]]; then
+  # The module's source (manifests below) and, for GitCommit as upstream's Makefile sets it, the
+  # release tag's commit from the proxy's .info record ("unknown" where a proxy leaves it out).
+  read -r lws_src lws_commit < <(cd "$HERE/modules/lws" && go mod download -json sigs.k8s.io/lws | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+print(m["Dir"], (json.load(open(m["Info"])).get("Origin") or {}).get("Hash", "unknown"))')
+  build_one lws "$LWS_VERSION" lws sigs.k8s.io/lws sigs.k8s.io/lws/cmd \
+    "-X sigs.k8s.io/lws/pkg/version.GitVersion=$LWS_VERSION -X sigs.k8s.io/lws/pkg/version.GitCommit=$lws_commit \
+     -X sigs.k8s.io/lws/pkg/version.BuildDate=1970-01-01T00:00:00Z"
+  ldir="$CACHE/lws-manifests-$LWS_VERSION"
+  if [[ "${FORCE:-0}" == 1 || ! -f "$ldir/webhook.yaml" ]]; then
+    tmp="$(mktemp -d "$CACHE/.lws-manifests.XXXXXX")"
+    cp "$lws_src"/config/crd/bases/*.yaml "$tmp/"
+    # manifests.yaml as controller-gen wrote it: the pod webhooks' objectSelector is added by a
+    # kustomize patch upstream, so the harness sets it itself (Cluster._lws_webhooks).
+    cp "$lws_src/config/webhook/manifests.yaml" "$tmp/webhook.yaml"
+    chmod 644 "$tmp"/*.yaml; rm -rf "$ldir"; mv "$tmp" "$ldir"; built+=(lws-manifests)
+  fi
+  ln -sfn "$ldir" "$LINKDIR/lws-manifests"
+fi
 
 # ---- pause: build/pause/linux/pause.c of the Kubernetes module, static, as an OCI archive ---
 if need pause "$PAUSE_VERSION"; then

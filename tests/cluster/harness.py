@@ -36,6 +36,7 @@ import argparse
 import atexit
 import base64
 import contextlib
+import datetime
 import ipaddress
 import json
 import os
@@ -68,6 +69,13 @@ CPU_NODE_PREFIX = "cpu-node"
 UNSHARE_MOUNT = ("unshare", "--mount", "--propagation", "private", "--")
 # Namespaces with this label set to "enabled" are the ones the test cluster's Kueue manages.
 KUEUE_NAMESPACE_LABEL = "dsa-operator.test/kueue"
+# Binaries the default build (CI) leaves out: build.sh makes them only when asked (DSA_BUILD_LWS=1),
+# and a Cluster needs them only when it runs them (Cluster(lws=True)).
+OPTIONAL_BINARIES = ("lws",)
+# The LeaderWorkerSet controller's user (client certificate CN): its requests in the audit log.
+LWS_USER = "lws-controller"
+# The label LWS puts on every pod of a group; its pod webhooks only see pods that carry it.
+LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 BUILD_SH = HERE / "build.sh"
 
 SERVICE_CIDR = "10.0.0.0/24"
@@ -78,6 +86,7 @@ POD_CIDR = "127.128.0.1/16"
 NODE_IP = "127.0.0.1"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ADMIN_USER = "dsa-test-admin"
+WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
 
 DEFAULT_CONTROLLERS = (
     "statefulset-controller",
@@ -123,7 +132,7 @@ def versions() -> dict[str, str]:
 
 def binary_paths() -> dict[str, Path]:
     """Where each component binary is expected (cache keyed by version, or DSA_CLUSTER_BIN_DIR)."""
-    names = ("etcd", "kwok", "helm", *K8S_COMPONENTS, *CONTAINERD_COMPONENTS, "coredns", "kueue")
+    names = ("etcd", "kwok", "helm", *K8S_COMPONENTS, *CONTAINERD_COMPONENTS, "coredns", "kueue", "lws")
     override = os.environ.get("DSA_CLUSTER_BIN_DIR")
     if override:
         return {n: Path(override) / n for n in names}
@@ -133,6 +142,7 @@ def binary_paths() -> dict[str, Path]:
     ver.update({n: v["CONTAINERD_VERSION"] for n in CONTAINERD_COMPONENTS})
     ver["coredns"] = v["COREDNS_VERSION"]
     ver["kueue"] = v["KUEUE_VERSION"]
+    ver["lws"] = v["LWS_VERSION"]
     return {n: _bin_cache() / f"{n}-{ver[n]}" for n in names}
 
 
@@ -142,6 +152,15 @@ def kueue_manifests() -> Path:
     if override:
         return Path(override) / "kueue-manifests"
     return _bin_cache() / f"kueue-manifests-{versions()['KUEUE_VERSION']}"
+
+
+def lws_manifests() -> Path:
+    """LeaderWorkerSet's CRD and webhook manifests, copied from its module by build.sh (with
+    DSA_BUILD_LWS=1)."""
+    override = os.environ.get("DSA_CLUSTER_BIN_DIR")
+    if override:
+        return Path(override) / "lws-manifests"
+    return _bin_cache() / f"lws-manifests-{versions()['LWS_VERSION']}"
 
 
 def _bin_cache() -> Path:
@@ -156,20 +175,28 @@ def pause_image() -> tuple[Path, str]:
     return path, f"localhost/dsa/pause:{tag}"
 
 
-def ensure_binaries(quiet: bool = False) -> dict[str, Path]:
-    """Build missing binaries with build.sh (a no-op, ~1 s, when all are cached)."""
+def ensure_binaries(quiet: bool = False, lws: bool = False) -> dict[str, Path]:
+    """Build missing binaries with build.sh (a no-op, ~1 s, when all are cached). The optional
+    ones (OPTIONAL_BINARIES: LeaderWorkerSet) only with lws=True."""
     paths = binary_paths()
+    wanted = [p for n, p in paths.items() if lws or n not in OPTIONAL_BINARIES]
     if os.environ.get("DSA_CLUSTER_BIN_DIR"):
-        missing = [n for n, p in paths.items() if not os.access(p, os.X_OK)]
+        missing = [n for n, p in paths.items() if p in wanted and not os.access(p, os.X_OK)]
         if missing:
             raise RuntimeError(f"DSA_CLUSTER_BIN_DIR lacks {missing}")
         return paths
     if (
-        not all(os.access(p, os.X_OK) for p in paths.values())
+        not all(os.access(p, os.X_OK) for p in wanted)
+        or (lws and not (lws_manifests() / "webhook.yaml").is_file())
         or not pause_image()[0].is_file()
         or not (STATE_DIR / "bin").is_dir()
     ):
-        subprocess.run(["bash", str(BUILD_SH)], check=True, stdout=subprocess.DEVNULL if quiet else None)
+        subprocess.run(
+            ["bash", str(BUILD_SH)],
+            check=True,
+            stdout=subprocess.DEVNULL if quiet else None,
+            env={**os.environ, "DSA_BUILD_LWS": "1"} if lws else None,
+        )
     return paths
 
 
@@ -181,7 +208,7 @@ def running(**cluster_args: Any) -> Iterator[Cluster]:
     SystemExit so that the stop still runs when the test run is killed."""
     install_signal_handlers()
     if os.environ.get("DSA_CLUSTER_SKIP_BUILD") != "1":
-        ensure_binaries(quiet=not cluster_args.get("verbose", True))
+        ensure_binaries(quiet=not cluster_args.get("verbose", True), lws=cluster_args.get("lws", False))
     with Cluster(**cluster_args) as c:
         yield c
 
@@ -440,6 +467,22 @@ class Cluster:
     # are Ready. It manages only namespaces labelled KUEUE_NAMESPACE_LABEL=enabled, so the rest of
     # the cluster never waits on it.
     kueue: bool = False
+    # Run the LeaderWorkerSet controller (built from its module with DSA_BUILD_LWS=1, as a host
+    # process under its own user LWS_USER, webhooks on 127.0.0.1) once the nodes are Ready: for
+    # benchmarks against it. Its pod webhooks see only pods with the LWS_NAME_LABEL label.
+    lws: bool = False
+    # Client QPS and burst of the controller-manager and the scheduler. None leaves their
+    # defaults (20/30 and 50/100), which throttle them long before the API server is busy; a
+    # scale benchmark sets what a large production cluster runs (see docs/benchmarks.md).
+    control_plane_qps: int | None = None
+    # Users whose reads (get, list, watch) are audited too, not only their writes: a benchmark
+    # counts a controller's requests by verb from the audit log (the API server's request
+    # metrics carry no user or user agent).
+    audit_reads_of: Sequence[str] = ()
+    # kwok renews each node's Lease every quarter of this; nothing here acts on lapsed leases
+    # (no node-lifecycle controller with kwok nodes), so a benchmark with a thousand nodes can
+    # lengthen it and spare the API server the renewals.
+    node_lease_seconds: int = 40
     net_index: int | None = None
     workdir: Path | None = None
     keep: bool = field(default_factory=lambda: os.environ.get("DSA_CLUSTER_KEEP") == "1")
@@ -460,6 +503,7 @@ class Cluster:
         self._real_record: realnode.Record | None = None
         self.service_cidr = SERVICE_CIDR
         self.api_ip = "127.0.0.1"
+        self.lws_user = LWS_USER  # with lws=True: the LWS controller's user in the audit log
 
     # ---- public paths -----------------------------------------------------------------
     @property
@@ -496,12 +540,19 @@ class Cluster:
             print(f"[cluster] {msg}", file=sys.stderr, flush=True)
 
     def start(self, timeout: float = 90) -> Cluster:
-        needed = [n for n in self.bins if self.real_nodes or n not in NODE_BINARIES]
+        needed = [
+            n
+            for n in self.bins
+            if (self.real_nodes or n not in NODE_BINARIES) and (self.lws or n not in OPTIONAL_BINARIES)
+        ]
         missing = [n for n in needed if not os.access(self.bins[n], os.X_OK)]
         if self.real_nodes and not pause_image()[0].is_file():
             missing.append(str(pause_image()[0]))
+        if self.lws and not (lws_manifests() / "webhook.yaml").is_file():
+            missing.append(str(lws_manifests()))
         if missing:
-            raise ClusterError(f"missing binaries {missing}: run tests/cluster/build.sh")
+            how = "DSA_BUILD_LWS=1 tests/cluster/build.sh" if self.lws else "tests/cluster/build.sh"
+            raise ClusterError(f"missing binaries {missing}: run {how}")
         if self.real_nodes and (lacks := realnode.missing_prerequisites()):
             raise ClusterError("real nodes need: " + "; ".join(lacks))
         if self.real_nodes < 0 or self.real_cpu_nodes < 0:
@@ -583,6 +634,8 @@ class Cluster:
             )
             if self.kueue:
                 self._start_kueue(deadline)
+            if self.lws:
+                self._start_lws(deadline)
         except BaseException:
             self._dump_logs()
             self.stop()
@@ -631,6 +684,16 @@ class Cluster:
     @property
     def pids(self) -> list[int]:
         return [p.popen.pid for p in self._procs]
+
+    def process_pid(self, name: str) -> int:
+        """The PID of one of the cluster's processes by name (`lws`, `kueue`, `kube-apiserver`, ...),
+        e.g. to read /proc/<pid>/stat and status. It is the program itself, not a wrapper:
+        `unshare` and `sh -c 'exec ...'` replace themselves with it. A restart gives a new PID."""
+        with self._lock:
+            found = [p.popen.pid for p in self._procs if p.name == name]
+        if not found:
+            raise KeyError(f"no process {name!r}; running: {sorted(p.name for p in self._procs)}")
+        return found[-1]
 
     # ---- helpers for tests ------------------------------------------------------------
     def kubectl(
@@ -934,6 +997,7 @@ class Cluster:
         probe = {
             "etcd": lambda: self._http_ok(f"http://127.0.0.1:{self.etcd_port}/health"),
             "kube-apiserver": lambda: self._https_ok(f"{self.api_url}/readyz"),
+            "lws": lambda: self._lws_ready(),
         }.get(name, lambda: True)
         self._wait(probe, name, time.monotonic() + timeout)
         return time.monotonic() - t0
@@ -1090,7 +1154,30 @@ class Cluster:
         if not self.audit_log.exists():
             return []
         events = (json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip())
-        return [e for e in events if e.get("user", {}).get("username") == user]
+        return [
+            e for e in events if e.get("user", {}).get("username") == user and e.get("verb") in WRITE_VERBS
+        ]
+
+    def audit_requests(self, user: str, since: float = 0.0) -> list[dict]:
+        """Every audited request of `user` (reads too, for users in audit_reads_of) received at or
+        after `since` (epoch seconds), once each: a watch is logged when it starts and again when
+        it ends, and counts once."""
+        if not self.audit_log.exists():
+            return []
+        out: dict[str, dict] = {}
+        with self.audit_log.open() as f:
+            for line in f:
+                if f'"{user}"' not in line:
+                    continue
+                e = json.loads(line)
+                if e.get("user", {}).get("username") != user or e["auditID"] in out:
+                    continue
+                received = datetime.datetime.fromisoformat(
+                    e["requestReceivedTimestamp"].replace("Z", "+00:00")
+                )
+                if received.timestamp() >= since:
+                    out[e["auditID"]] = e
+        return list(out.values())
 
     def _write_audit_policy(self) -> Path:
         policy = self.workdir / "audit-policy.yaml"
@@ -1101,10 +1188,12 @@ class Cluster:
                     "kind": "Policy",
                     "omitStages": ["RequestReceived"],
                     "rules": [
-                        {
-                            "level": "Metadata",
-                            "verbs": ["create", "update", "patch", "delete", "deletecollection"],
-                        },
+                        *(
+                            [{"level": "Metadata", "users": list(self.audit_reads_of)}]
+                            if self.audit_reads_of
+                            else []
+                        ),
+                        {"level": "Metadata", "verbs": list(WRITE_VERBS)},
                         {"level": "None"},
                     ],
                 }
@@ -1188,6 +1277,7 @@ class Cluster:
                 "--bind-address=127.0.0.1",
                 f"--secure-port={self.kcm_port}",
                 f"--cert-dir={self.workdir / 'kcm-certs'}",
+                *self._qps_flags(),
             ],
         )
 
@@ -1204,8 +1294,13 @@ class Cluster:
                 "--bind-address=127.0.0.1",
                 f"--secure-port={self.sched_port}",
                 f"--cert-dir={self.workdir / 'scheduler-certs'}",
+                *self._qps_flags(),
             ],
         )
+
+    def _qps_flags(self) -> list[str]:
+        q = self.control_plane_qps
+        return [f"--kube-api-qps={q}", f"--kube-api-burst={q}"] if q else []
 
     def _start_kwok(self) -> None:
         self._spawn(
@@ -1219,7 +1314,7 @@ class Cluster:
                 f"--cidr={self.pod_cidr}",
                 f"--node-ip={self.node_ip}",
                 f"--server-address=127.0.0.1:{self.kwok_port}",
-                "--node-lease-duration-seconds=40",
+                f"--node-lease-duration-seconds={self.node_lease_seconds}",
             ],
         )
 
@@ -1305,6 +1400,108 @@ class Cluster:
         )
         self._wait(lambda: self._http_ok(f"http://127.0.0.1:{health_port}/readyz"), "kueue", deadline)
         self.apply(self._kueue_webhooks(f"https://127.0.0.1:{webhook_port}"))
+
+    # ---- LeaderWorkerSet -----------------------------------------------------------------
+    def _lws_webhooks(self, url: str) -> list[dict]:
+        """LWS's webhook configurations (controller-gen's config/webhook/manifests.yaml), served at
+        `url` instead of its Service. There its pod webhooks have no selector: upstream's kustomize
+        patch and Helm chart add an objectSelector on LWS_NAME_LABEL, and so does this, so that no
+        other pod in the cluster (the operator's) is ever sent to LWS."""
+        import yaml
+
+        docs = [d for d in yaml.safe_load_all((lws_manifests() / "webhook.yaml").read_text()) if d]
+        only_lws = {"matchExpressions": [{"key": LWS_NAME_LABEL, "operator": "Exists"}]}
+        for doc in docs:
+            for hook in doc["webhooks"]:
+                resources = {x for r in hook.get("rules", []) for x in r.get("resources", [])}
+                if resources == {"pods"}:
+                    hook["objectSelector"] = only_lws
+                elif resources != {"leaderworkersets"}:
+                    raise ClusterError(f"LWS webhook {hook['name']} for {resources}: not expected")
+                path = hook["clientConfig"]["service"]["path"]
+                hook["clientConfig"] = {"url": f"{url}{path}", "caBundle": self.ca_bundle_b64}
+            doc["metadata"] = {"name": f"lws-{doc['metadata']['name']}"}
+        return docs
+
+    def _lws_ready(self) -> bool:
+        """Its readyz, and its webhooks: readyz is a mere ping, and the webhook handlers are
+        registered only once the manager runs (cmd/main.go, setupControllers), the webhook server
+        answering 404 until then. /validate--v1-pod is the last one registered: it must admit a
+        pod (one without the LWS label, which it lets through untouched)."""
+        if not self._http_ok(self._lws_readyz):
+            return False
+        review = {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "dsa-test-probe",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE",
+                "namespace": "default",
+                "name": "probe",
+                "userInfo": {"username": ADMIN_USER},
+                "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"}},
+            },
+        }
+        req = urllib.request.Request(
+            f"https://127.0.0.1:{self._lws_webhook_port}/validate--v1-pod",
+            data=json.dumps(review).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=2, context=self._ssl_ctx()) as r:
+                return json.load(r)["response"]["allowed"] is True
+        except Exception:
+            return False
+
+    def _start_lws(self, deadline: float) -> None:
+        """LWS's CRD, the controller under its own user (LWS_USER) with a configuration that
+        leaves leader election and certificate management out, then its webhooks."""
+        import yaml
+
+        crds = sorted(lws_manifests().glob("leaderworkerset.x-k8s.io_*.yaml"))
+        self.kubectl("apply", "--server-side", *(a for c in crds for a in ("-f", str(c))))
+        for c in crds:
+            self.wait_established(c.stem.split("_", 1)[1] + ".leaderworkerset.x-k8s.io")
+        # Its own namespace (utils.GetOperatorNamespace: lws-system outside a pod), where its
+        # leader-election Lease and certificate Secret would be (both off here).
+        self.kubectl("create", "namespace", "lws-system")
+        webhook_port, health_port, metrics_port = _free_ports(3)
+        self._lws_webhook_port = webhook_port
+        self._lws_readyz = f"http://127.0.0.1:{health_port}/readyz"
+        self.lws_metrics_port = metrics_port  # https, self-signed, authn/authz by the API server
+        crt, key = self.mint_serving_cert("lws")
+        cert_dir = self.workdir / "lws-certs"
+        cert_dir.mkdir(exist_ok=True)
+        shutil.copy(crt, cert_dir / "tls.crt")
+        shutil.copy(key, cert_dir / "tls.key")
+        config = {
+            "apiVersion": "config.lws.x-k8s.io/v1alpha1",
+            "kind": "Configuration",
+            "health": {"healthProbeBindAddress": f"127.0.0.1:{health_port}"},
+            "metrics": {"bindAddress": f"127.0.0.1:{metrics_port}"},
+            "webhook": {"host": "127.0.0.1", "port": webhook_port, "certDir": str(cert_dir)},
+            "leaderElection": {"leaderElect": False},
+            "internalCertManagement": {"enable": False},
+            # LWS's own defaults, as a real install runs it: 500 QPS, burst 500
+            # (api/config/v1alpha1/defaults.go, DefaultClientConnectionQPS/Burst; cmd/main.go's
+            # --kube-api-qps/--kube-api-burst also default to 500 and apply only when given; its
+            # Deployment and Helm chart set neither). Written out so that the figure is visible.
+            "clientConnection": {"qps": 500, "burst": 500},
+        }
+        cfg = self.workdir / "lws-config.yaml"
+        cfg.write_text(yaml.safe_dump(config))
+        # No certificate from a fixed path (unlike Kueue): the webhook's comes from certDir and
+        # the metrics server, without a cert dir, makes itself a self-signed one in memory.
+        kubeconfig = self.mint_user(LWS_USER, groups=["system:masters"])
+        self._spawn(
+            "lws",
+            [self.bins["lws"], f"--config={cfg}"],
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        )
+        self._wait(self._lws_ready, "lws", deadline)
+        self.apply(self._lws_webhooks(f"https://127.0.0.1:{webhook_port}"))
 
     def node_manifest(self, i: int) -> dict:
         name = f"{self.node_prefix}-{i}"
