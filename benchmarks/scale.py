@@ -561,7 +561,12 @@ class Step:
                     done_at[m] = time.time()
             time.sleep(0.5)
         if len(done_at) < self.n:
-            raise TimeoutError(f"rollout: {len(done_at)}/{self.n} models rolled after {self.b.timeout} s")
+            now = obs.model_pods()
+            late = sorted(set(want) - set(done_at))[:3]
+            detail = {m: (said.get(m), now.get(m), old[m]) for m in late}
+            raise TimeoutError(
+                f"rollout: {len(done_at)}/{self.n} models rolled after {self.b.timeout} s: {detail}"
+            )
         self.figures["rollout_s"] = round(max(done_at.values()) - t0, 1)
         self.say(f"rollout of {self.n} models: {self.figures['rollout_s']} s")
 
@@ -687,7 +692,15 @@ class Bench:
             )
             return
         for obj in lws_objects(i, ns):
-            if obj["kind"] != "LeaderWorkerSet":
+            if obj["kind"] == "Deployment":  # the router rolls too, as ours does
+                ctrs = obj["spec"]["template"]["spec"]["containers"]
+                env = [{"name": "BENCH_REVISION", "value": "2"}]
+                patch = {
+                    "spec": {
+                        "template": {"spec": {"containers": [{"name": c["name"], "env": env} for c in ctrs]}}
+                    }
+                }
+                self.client.apps.patch_namespaced_deployment(obj["metadata"]["name"], ns, patch)
                 continue
             tpl = obj["spec"]["leaderWorkerTemplate"]["workerTemplate"]
             for ctr in tpl["spec"]["containers"]:
