@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv lint test test-unit chaos sglang-envs crd images demo demo-down clean
+.PHONY: venv lint test test-unit chaos sglang-envs crd images demo demo-down bench-scale clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -62,6 +62,13 @@ demo: venv images cluster-up
 	$(PYTHON) scripts/demo.py up
 
 demo-down: cluster-down
+
+# Scale, side by side with LeaderWorkerSet (not a test; figures in docs/benchmarks.md): 50, 100,
+# 250 and 500 DSAModels and the same groups as LeaderWorkerSets on kwok nodes, one run (about
+# 45 minutes on 2 cores). BENCH_ARGS, e.g. --steps 50 --controllers ours; see --help.
+BENCH_ARGS ?=
+bench-scale: venv cluster-bins lws-bin
+	$(PYTHON) -m benchmarks.scale $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
