@@ -8,8 +8,8 @@ It decides from what the API holds: the DSAModel itself, read afresh on every re
 the copy a watch delivered, which can be older than this operator's own last status write), its
 children and pods, and each group's record on its StatefulSet (``group_record``). Children and
 pods come from the operator's watch cache (one watch per kind, kopf indexes: no list calls) when
-the cache shows every write this model's reconciles made, else from fresh lists
-(``expectations``). Nothing else carries over in memory, so a restarted operator, or a standby
+the model is Ready at its generation and the cache shows every write this model's reconciles
+made (``expectations``); any change to a child is decided on fresh lists. Nothing else carries over in memory, so a restarted operator, or a standby
 that takes over, does the same.
 """
 
@@ -148,6 +148,8 @@ class _Pass:
         self.uid = meta.get("uid", "")
         old_status = model.get("status") or {}
         generation = meta.get("generation")
+        if self.view is not None and not _settled(old_status, generation):
+            raise ReadAfresh  # a model being created, rolled or repaired is read afresh throughout
         try:
             plan = make_plan(model)
         except PlanError as e:
@@ -516,6 +518,14 @@ class _Pass:
         if not self.wanted(self.uid):
             raise Gone
         self.kube.patch_status(model, merge_patch(old, new))
+
+
+def _settled(status: Obj, generation: int | None) -> bool:
+    """Ready at its generation: the one state a reconcile may read from the cache. While a model
+    changes, its pods change faster than the cache follows them (one watch per kind, each at its
+    own pace), and a status written from the cache between two written from lists would go back
+    and forth, each write waking the model again."""
+    return status.get("observedGeneration") == generation and status.get("phase") == "Ready"
 
 
 def _applied_hash(obj: Obj) -> str | None:
