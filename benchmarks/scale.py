@@ -51,7 +51,7 @@ from dsa_operator import labels  # noqa: E402
 from dsa_operator.api import parse_spec  # noqa: E402
 from dsa_operator.planner import plan as make_plan  # noqa: E402
 from dsa_operator.render import render  # noqa: E402
-from tests.cluster.harness import Cluster  # noqa: E402
+from tests.cluster.harness import Cluster, install_signal_handlers  # noqa: E402
 from tests.integration.operator_proc import Operator, install_crd  # noqa: E402
 
 OPERATOR_USER = "dsa-operator"
@@ -796,6 +796,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-logs", type=Path, help="copy the operator's log into this folder")
     ap.add_argument("--profile", type=Path, help="py-spy (on PATH) samples our operator; folded stacks here")
     args = ap.parse_args(argv)
+    install_signal_handlers()  # SIGTERM stops the operator and the cluster as Ctrl-C does
     t0 = time.time()
     results = Bench(args).run()
     out = table(results)
