@@ -627,6 +627,8 @@ class Bench:
             node_lease_seconds=3600,
             **({"lws": True} if "lws" in self.controllers else {}),
         )
+        # a ClusterIP per model (its endpoint Service): the harness's /24 runs out at 250 models
+        cluster.service_cidr = "10.0.0.0/16"
         self.cluster = cluster
         results = []
         with cluster:

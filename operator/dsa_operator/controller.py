@@ -9,8 +9,8 @@ the copy a watch delivered, which can be older than this operator's own last sta
 children and pods, and each group's record on its StatefulSet (``group_record``). Children and
 pods come from the operator's watch cache (one watch per kind, kopf indexes: no list calls) when
 the model is Ready at its generation and the cache shows every write this model's reconciles
-made (``expectations``); any change to a child is decided on fresh lists. Nothing else carries over in memory, so a restarted operator, or a standby
-that takes over, does the same.
+made (``expectations``); any change to a child is decided on fresh lists. Nothing else carries
+over in memory, so a restarted operator, or a standby that takes over, does the same.
 """
 
 from __future__ import annotations
