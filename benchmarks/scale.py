@@ -51,7 +51,7 @@ from dsa_operator import labels  # noqa: E402
 from dsa_operator.api import parse_spec  # noqa: E402
 from dsa_operator.planner import plan as make_plan  # noqa: E402
 from dsa_operator.render import render  # noqa: E402
-from tests.cluster.harness import Cluster, install_signal_handlers  # noqa: E402
+from tests.cluster.harness import WRITE_VERBS, Cluster, install_signal_handlers  # noqa: E402
 from tests.integration.operator_proc import Operator, install_crd  # noqa: E402
 
 OPERATOR_USER = "dsa-operator"
@@ -526,7 +526,7 @@ class Step:
     def quiet_minute(self) -> None:
         t0 = time.time()
         time.sleep(self.b.quiet)
-        writes = [e for e in self.c.audit_writes(self.user) if _received(e) >= t0]
+        writes = [e for e in self.c.audit_requests(self.user, since=t0) if e["verb"] in WRITE_VERBS]
         self.figures["quiet_writes"] = len(writes)
         self.figures["quiet_s"] = self.b.quiet
         if writes:
@@ -592,12 +592,6 @@ class Step:
         self.figures[f"delete_{mode}_s"] = round(time.time() - t0, 1)
         self.say(f"deletion ({mode}): {self.figures[f'delete_{mode}_s']} s")
         self.c.kubectl("delete", "namespace", ns, "--wait=false")
-
-
-def _received(e: Obj) -> float:
-    import datetime
-
-    return datetime.datetime.fromisoformat(e["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
 
 
 # ---- the run -------------------------------------------------------------------------------------

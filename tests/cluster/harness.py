@@ -771,6 +771,16 @@ class Cluster:
         self._write_kubeconfig(path, f"system:serviceaccount:{namespace}:{serviceaccount}", {"token": token})
         return path
 
+    def mint_cert_dir(self, name: str) -> Path:
+        """A serving cert (mint_serving_cert) and a folder holding it as tls.crt and tls.key, the
+        layout a controller-runtime webhook server reads from its certDir."""
+        crt, key = self.mint_serving_cert(name)
+        cert_dir = self.workdir / f"{name}-certs"
+        cert_dir.mkdir(exist_ok=True)
+        shutil.copy(crt, cert_dir / "tls.crt")
+        shutil.copy(key, cert_dir / "tls.key")
+        return cert_dir
+
     def mint_serving_cert(
         self, name: str, dns: Sequence[str] = ("localhost",), ips: Sequence[str] = ("127.0.0.1",)
     ) -> tuple[Path, Path]:
@@ -1355,11 +1365,7 @@ class Cluster:
         self.kubectl("create", "namespace", "kueue-system")
         webhook_port, health_port, metrics_port, visibility_port = _free_ports(4)
         self.kueue_metrics_port = metrics_port
-        crt, key = self.mint_serving_cert("kueue")
-        cert_dir = self.workdir / "kueue-certs"
-        cert_dir.mkdir(exist_ok=True)
-        shutil.copy(crt, cert_dir / "tls.crt")
-        shutil.copy(key, cert_dir / "tls.key")
+        cert_dir = self.mint_cert_dir("kueue")
         managed = {"matchLabels": {KUEUE_NAMESPACE_LABEL: "enabled"}}
         config = {
             "apiVersion": "config.kueue.x-k8s.io/v1beta2",
@@ -1384,8 +1390,8 @@ class Cluster:
         over = self.workdir / "kueue-etc"
         for d in ("upper/kueue/metrics/certs", "work"):
             (over / d).mkdir(parents=True, exist_ok=True)
-        shutil.copy(crt, over / "upper/kueue/metrics/certs/tls.crt")
-        shutil.copy(key, over / "upper/kueue/metrics/certs/tls.key")
+        shutil.copy(cert_dir / "tls.crt", over / "upper/kueue/metrics/certs/tls.crt")
+        shutil.copy(cert_dir / "tls.key", over / "upper/kueue/metrics/certs/tls.key")
         argv = [
             str(self.bins["kueue"]),
             f"--config={cfg}",
@@ -1471,11 +1477,7 @@ class Cluster:
         self._lws_webhook_port = webhook_port
         self._lws_readyz = f"http://127.0.0.1:{health_port}/readyz"
         self.lws_metrics_port = metrics_port  # https, self-signed, authn/authz by the API server
-        crt, key = self.mint_serving_cert("lws")
-        cert_dir = self.workdir / "lws-certs"
-        cert_dir.mkdir(exist_ok=True)
-        shutil.copy(crt, cert_dir / "tls.crt")
-        shutil.copy(key, cert_dir / "tls.key")
+        cert_dir = self.mint_cert_dir("lws")
         config = {
             "apiVersion": "config.lws.x-k8s.io/v1alpha1",
             "kind": "Configuration",
