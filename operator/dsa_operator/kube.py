@@ -19,7 +19,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError
 
 from dsa_operator import GROUP, KIND, PLURAL, VERSION
 
@@ -79,6 +79,15 @@ def load_client_config() -> client.ApiClient:
     else:
         log.warning("API requests go through %s: no request timeouts", type(pool).__name__)
     return api
+
+
+def _causes(body: Any) -> list:
+    """The field errors of a 422 (an invalid object names them; a failed JSON Patch ``test`` op is
+    a bare "the server rejected our request", no causes)."""
+    try:
+        return ((json.loads(body) or {}).get("details") or {}).get("causes") or []
+    except (TypeError, ValueError, AttributeError):
+        return []
 
 
 @dataclass
@@ -151,16 +160,45 @@ class Kube:
             raise
 
     def patch_annotation(self, obj: Obj, key: str, value: str) -> None:
-        """Set one annotation on the version of `obj` that was read (409 when it changed since)."""
+        """Set one annotation, compare-and-swap on the value that was read: a JSON Patch whose
+        ``test`` op fails (422, raised here as a 409) when anyone wrote the annotation since. A
+        write to the rest of the object in between (the StatefulSet controller's status, at every
+        pod change) is no conflict: it cannot change what the annotation decided. Where the
+        annotation was absent, JSON Patch cannot test for absence: the write names the version
+        that was read instead (409 when the object changed since), once per annotation."""
         meta = obj["metadata"]
-        body = {"metadata": {"resourceVersion": meta["resourceVersion"], "annotations": {key: value}}}
-        self._res(obj["apiVersion"], obj["kind"]).patch(
-            body=body,
-            name=meta["name"],
-            namespace=meta["namespace"],
-            content_type="application/merge-patch+json",
-            field_manager=FIELD_MANAGER,
-        )
+        res = self._res(obj["apiVersion"], obj["kind"])
+        old = (meta.get("annotations") or {}).get(key)
+        if old is None:
+            body: Any = {
+                "metadata": {"resourceVersion": meta["resourceVersion"], "annotations": {key: value}}
+            }
+            res.patch(
+                body=body,
+                name=meta["name"],
+                namespace=meta["namespace"],
+                content_type="application/merge-patch+json",
+                field_manager=FIELD_MANAGER,
+            )
+            return
+        path = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")  # RFC 6901
+        try:
+            res.patch(
+                body=[
+                    {"op": "test", "path": path, "value": old},
+                    {"op": "replace", "path": path, "value": value},
+                ],
+                name=meta["name"],
+                namespace=meta["namespace"],
+                content_type="application/json-patch+json",
+                field_manager=FIELD_MANAGER,
+            )
+        except DynamicApiError as e:
+            if e.status == 422 and not _causes(e.body):  # the test failed: written since it was read
+                raise ApiException(
+                    status=409, reason=f"{key} of {meta['name']} changed since it was read"
+                ) from e
+            raise
 
     def apply(self, obj: Obj) -> Obj:
         """Server-side apply under the operator's one field manager; returns the object as stored."""

@@ -133,6 +133,36 @@ def test_status_is_written_only_onto_the_version_it_was_computed_from(cluster, a
     assert "status" not in cluster.kubectl_json("get", "dsamodel", "v", "-n", ns)
 
 
+def test_a_record_is_written_over_other_writes_but_never_over_a_newer_record(cluster, api, ns):
+    """A group's record (an annotation) is a compare-and-swap on its own value: another client's
+    write to the object in between (the StatefulSet controller writes status at every pod change)
+    does not refuse it; a newer record does, with a 409, and leaves the newer one in place."""
+    k, key = Kube(api), "serving.dsa.dev/group-state"
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "record", "namespace": ns}}
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(cm))
+
+    def read() -> dict:
+        return cluster.kubectl_json("get", "cm", "record", "-n", ns)
+
+    first = read()
+    cluster.kubectl("label", "cm", "record", "-n", ns, "other=write")
+    with pytest.raises(ApiException) as e:  # none yet: JSON Patch cannot test for absence
+        k.patch_annotation(first, key, "1")
+    assert e.value.status == 409
+    k.patch_annotation(read(), key, "1")
+
+    seen = read()
+    cluster.kubectl(
+        "label", "cm", "record", "-n", ns, "other=again", "--overwrite"
+    )  # not the record: no conflict
+    k.patch_annotation(seen, key, "2")
+    assert read()["metadata"]["annotations"][key] == "2"
+    with pytest.raises(ApiException) as e:  # `seen` holds "1": the record changed since
+        k.patch_annotation(seen, key, "3")
+    assert e.value.status == 409
+    assert read()["metadata"]["annotations"][key] == "2"
+
+
 # ---- at volume, with the operator ---------------------------------------------------------------
 class StatusLog:
     """Every status the API server stored for the models of one namespace, in order (a watch)."""
