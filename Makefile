@@ -65,7 +65,7 @@ demo-down: cluster-down
 
 # Scale, side by side with LeaderWorkerSet (not a test; figures in docs/benchmarks.md): 50, 100,
 # 250 and 500 DSAModels and the same groups as LeaderWorkerSets on kwok nodes, one run (about
-# 45 minutes on 2 cores). BENCH_ARGS, e.g. --steps 50 --controllers ours; see --help.
+# 50 minutes on 2 cores). BENCH_ARGS, e.g. --steps 50 --controllers ours; see --help.
 BENCH_ARGS ?=
 bench-scale: venv cluster-bins lws-bin
 	$(PYTHON) -m benchmarks.scale $(BENCH_ARGS)
