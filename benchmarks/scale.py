@@ -609,10 +609,8 @@ class Step:
             now = obs.model_pods()
             with obs.lock:
                 said = dict(obs.status_ready)
-            for m, pods in now.items():
-                if m in done_at or not said.get(m):
-                    continue
-                if len(pods) == want[m] and all(r for _, r in pods) and not ({u for u, _ in pods} & old[m]):
+            for m in now:
+                if m not in done_at and _rolled(m, now, said, want, old):
                     done_at[m] = time.time()
             time.sleep(0.5)
         # kwok's own pod deletes in the window: one per pod the controller deleted, unless kwok
@@ -640,13 +638,7 @@ class Step:
             now = obs.model_pods()
             with obs.lock:
                 said = dict(obs.status_ready)
-            if all(
-                said.get(m)
-                and len(now.get(m, [])) == want[m]
-                and all(r for _, r in now[m])
-                and not ({u for u, _ in now[m]} & old[m])
-                for m in want
-            ):
+            if all(_rolled(m, now, said, want, old) for m in want):
                 return
             time.sleep(1)
 
@@ -679,6 +671,19 @@ class Step:
         self.figures[f"delete_{mode}_s"] = round(time.time() - t0, 1)
         self.say(f"deletion ({mode}): {self.figures[f'delete_{mode}_s']} s")
         self.c.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def _rolled(
+    m: str, pods: dict[str, list[tuple[str, bool]]], said: dict[str, bool], want: dict[str, int], old: dict
+) -> bool:
+    """Model `m` rolled: its controller says Ready, and all its pods are new and Ready."""
+    now = pods.get(m, [])
+    return (
+        bool(said.get(m))
+        and len(now) == want[m]
+        and all(r for _, r in now)
+        and not ({u for u, _ in now} & old[m])
+    )
 
 
 # ---- the run -------------------------------------------------------------------------------------

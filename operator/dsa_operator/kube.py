@@ -167,34 +167,29 @@ class Kube:
         annotation was absent, JSON Patch cannot test for absence: the write names the version
         that was read instead (409 when the object changed since), once per annotation."""
         meta = obj["metadata"]
-        res = self._res(obj["apiVersion"], obj["kind"])
         old = (meta.get("annotations") or {}).get(key)
+        path = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")  # RFC 6901
         if old is None:
             body: Any = {
                 "metadata": {"resourceVersion": meta["resourceVersion"], "annotations": {key: value}}
             }
-            res.patch(
+            content_type = "application/merge-patch+json"
+        else:
+            body = [
+                {"op": "test", "path": path, "value": old},
+                {"op": "replace", "path": path, "value": value},
+            ]
+            content_type = "application/json-patch+json"
+        try:
+            self._res(obj["apiVersion"], obj["kind"]).patch(
                 body=body,
                 name=meta["name"],
                 namespace=meta["namespace"],
-                content_type="application/merge-patch+json",
-                field_manager=FIELD_MANAGER,
-            )
-            return
-        path = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")  # RFC 6901
-        try:
-            res.patch(
-                body=[
-                    {"op": "test", "path": path, "value": old},
-                    {"op": "replace", "path": path, "value": value},
-                ],
-                name=meta["name"],
-                namespace=meta["namespace"],
-                content_type="application/json-patch+json",
+                content_type=content_type,
                 field_manager=FIELD_MANAGER,
             )
         except DynamicApiError as e:
-            if e.status == 422 and not _causes(e.body):  # the test failed: written since it was read
+            if old is not None and e.status == 422 and not _causes(e.body):  # the test op failed
                 raise ApiException(
                     status=409, reason=f"{key} of {meta['name']} changed since it was read"
                 ) from e

@@ -152,9 +152,8 @@ def test_a_record_is_written_over_other_writes_but_never_over_a_newer_record(clu
     k.patch_annotation(read(), key, "1")
 
     seen = read()
-    cluster.kubectl(
-        "label", "cm", "record", "-n", ns, "other=again", "--overwrite"
-    )  # not the record: no conflict
+    # a write to the object, not to the record: no conflict
+    cluster.kubectl("label", "cm", "record", "-n", ns, "other=again", "--overwrite")
     k.patch_annotation(seen, key, "2")
     assert read()["metadata"]["annotations"][key] == "2"
     with pytest.raises(ApiException) as e:  # `seen` holds "1": the record changed since
